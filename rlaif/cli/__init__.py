@@ -1,0 +1,20 @@
+"""The `rlaif` command: a click group; each command lives in its own module here."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from rlaif import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="rlaif")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """RLAIF and Constitutional AI: AI-feedback labels, reward models and RL."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# Commands register themselves below, one import a command module.

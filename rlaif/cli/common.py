@@ -1,0 +1,48 @@
+"""Shared CLI plumbing: `--config` YAML defaults and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from rlaif.config import load_yaml_config
+from rlaif.errors import RlaifError
+
+
+def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if not value:
+        return
+    valid = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    try:
+        values = load_yaml_config(value, valid)
+    except RlaifError as err:
+        raise click.BadParameter(str(err)) from err
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--config FILE.yaml`; the file's values become defaults that flags override."""
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_apply_config,
+        help="YAML file of option values (keys as the flags, without --). Flags override it.",
+    )(func)
+
+
+def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn `RlaifError` (bad input) into click's one-line `Error: ...` and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RlaifError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
