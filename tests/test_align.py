@@ -265,3 +265,16 @@ def test_match_labels_by_id_then_text():
     assert [(s.id, s.human_a, s.p_a) for s in scored] == [("1", False, 0.2), ("other", True, 0.7)]
     assert skipped == {"no label for the pair": 1, "label lacks p_a, p_a_ab or p_a_ba in [0, 1]": 1}
     assert alignment(scored, CFG)["value"] == 1.0
+
+
+def test_read_human_pairs_parquet_and_saved_dataset(tmp_path):
+    import pandas as pd
+    from datasets import Dataset
+
+    rows = {"prompt": ["p1", "p2"], "chosen": ["good", "fine"], "rejected": ["bad", "fine"]}
+    pd.DataFrame(rows).to_parquet(tmp_path / "h.parquet")
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    for path in (tmp_path / "h.parquet", tmp_path / "ds"):
+        pairs, skipped = read_human_pairs(path)
+        assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("p1", "good", "bad")]
+        assert skipped == {"chosen and rejected identical": 1}

@@ -1,0 +1,105 @@
+"""`rlaif align`: measure the AI labeller against human preference labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import rlaif.label as labelling
+from rlaif.align import AlignConfig, build_pairs, build_report, match_labels, read_human_pairs
+from rlaif.align_report import PLOT_HINT, compare_reports, format_table, has_matplotlib, matplotlib_figure, write_report
+from rlaif.cli.common import config_option, one_line_errors
+from rlaif.cli.label import label_config, label_model_options
+from rlaif.errors import RlaifError
+from rlaif.io import RecordWriter, parse_column_map, read_rows
+
+DEFAULT_OUT = "align-report"
+META_KEYS = ("model", "template", "constitution", "principles", "cot")
+
+
+@click.command("align")
+@config_option
+@click.option("--human", type=click.Path(), default=None,
+              help="Human preferences in TRL's prompt/chosen/rejected format: JSONL, CSV, Parquet or a saved HF dataset.")
+@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN",
+              help="Read prompt/chosen/rejected/id from another column, e.g. chosen=response_good. Repeatable.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Score an existing labels file (from `rlaif label`) instead of labelling the pairs.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help=f"Report directory (default {DEFAULT_OUT}); with --compare, where compare.md is written.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N usable human pairs.")
+@click.option("--n-boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--n-bins", type=click.IntRange(min=1), default=10, help="Bins of p_a in the calibration (ECE) table.")
+@click.option("--plots/--no-plots", default=None,
+              help=f"Draw PNG plots (needs matplotlib: {PLOT_HINT}). Default: draw them when matplotlib is installed.")
+@click.option("--overwrite", is_flag=True, help="Relabel from scratch instead of resuming OUT/labels.jsonl.")
+@click.option("--compare", is_flag=True, help="Put the reports in the directories given as arguments side by side.")
+@click.argument("report_dirs", nargs=-1, type=click.Path(file_okay=False))
+@label_model_options
+@one_line_errors
+def align(human: str | None, column_map: tuple[str, ...], labels: str | None, out: str | None,
+          limit: int | None, n_boot: int, n_bins: int, plots: bool | None, overwrite: bool, compare: bool,
+          report_dirs: tuple[str, ...], **options: Any) -> None:
+    """How often does the AI labeller agree with humans, and where does it go wrong?
+
+    Labels the human pairs (chosen shown first in half of them, by a seeded
+    hash of the id) with the same options as `rlaif label`, or reads --labels,
+    then reports alignment, position and length bias, calibration and
+    baselines: a terminal table, OUT/report.json, OUT/report.md and plots.
+    `rlaif align --compare DIR1 DIR2 ...` puts saved reports side by side.
+    """
+    if compare:
+        _compare(list(report_dirs), out)
+        return
+    if report_dirs:
+        raise RlaifError(f"Unexpected argument(s) {' '.join(report_dirs)}: directories are for --compare DIR1 DIR2 ...")
+    if not human:
+        raise RlaifError("Give the human preferences: rlaif align --human FILE (rows of prompt, chosen, rejected).")
+    settings = AlignConfig(n_boot=n_boot, n_bins=n_bins, seed=options["seed"])
+    config = label_config(options)
+    if plots:
+        matplotlib_figure()  # fail before labelling when plots were asked for and cannot be drawn
+    humans, skipped = read_human_pairs(human, parse_column_map(column_map))
+    n_input = len(humans) + sum(skipped.values())
+    humans = humans[:limit] if limit else humans
+    out_dir = Path(out or DEFAULT_OUT)
+    rows = read_rows(labels) if labels else _label(humans, config, out_dir, overwrite, settings.seed)
+    scored, unmatched = match_labels(humans, rows)
+    skipped.update(unmatched)
+    source = {"human": str(human), "labels": str(labels or out_dir / "labels.jsonl"), **_labeller_meta(rows)}
+    report = build_report(scored, skipped, n_input, settings, source)
+    written = write_report(report, out_dir, plots)
+    click.echo(format_table(report))
+    click.echo(f"Wrote {', '.join(str(p) for p in written)}.")
+    if plots is None and not has_matplotlib():
+        click.echo(f"No plots: matplotlib is not installed ({PLOT_HINT}).", err=True)
+
+
+def _label(humans: list[dict], config: labelling.LabelConfig, out_dir: Path, overwrite: bool, seed: int) -> list[dict]:
+    """Build the pairs (OUT/pairs.jsonl records which slot the human chose) and label them into OUT/labels.jsonl."""
+    pairs = build_pairs(humans, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RecordWriter(out_dir / "pairs.jsonl", overwrite=True) as writer:
+        writer.write_all(pairs)
+    to_label = [{k: p[k] for k in ("id", "prompt", "response_a", "response_b")} for p in pairs]
+    return labelling.label_pairs(to_label, config, out_dir / "labels.jsonl", overwrite=overwrite)
+
+
+def _labeller_meta(labels: list[dict]) -> dict[str, Any]:
+    """Who labelled: model, template, constitution... from the first label's meta."""
+    meta = next((row.get("meta") for row in labels if isinstance(row.get("meta"), dict)), None) or {}
+    return {key: meta[key] for key in META_KEYS if key in meta}
+
+
+def _compare(directories: list[str], out: str | None) -> None:
+    if not directories:
+        raise RlaifError("--compare needs report directories: rlaif align --compare DIR1 DIR2 ...")
+    text, markdown = compare_reports(directories)
+    click.echo(text)
+    if out:
+        path = Path(out) / "compare.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown, encoding="utf-8")
+        click.echo(f"Wrote {path}.")
