@@ -18,3 +18,6 @@ def cli(verbose: bool) -> None:
 
 
 # Commands register themselves below, one import a command module.
+from rlaif.cli.ppo import ppo  # noqa: E402
+
+cli.add_command(ppo)
