@@ -21,3 +21,6 @@ def cli(verbose: bool) -> None:
 from rlaif.cli.ppo import ppo  # noqa: E402
 
 cli.add_command(ppo)
+from rlaif.cli.train_rm import train_rm  # noqa: E402
+
+cli.add_command(train_rm)
