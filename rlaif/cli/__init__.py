@@ -18,6 +18,12 @@ def cli(verbose: bool) -> None:
 
 
 # Commands register themselves below, one import a command module.
+from rlaif.cli.label import label  # noqa: E402
+
+cli.add_command(label)
+from rlaif.cli.align import align  # noqa: E402
+
+cli.add_command(align)
 from rlaif.cli.ppo import ppo  # noqa: E402
 
 cli.add_command(ppo)

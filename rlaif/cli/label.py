@@ -1,0 +1,86 @@
+"""`rlaif label`: AI feedback labels for response pairs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rlaif.cli.common import config_option, one_line_errors
+from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.label import LabelConfig, label_pairs
+
+_HELP = {f.name: f.metadata.get("help", "") for f in fields(LabelConfig)}
+
+
+def label_model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The labelling options shared by `label`, `align` and friends (they become a LabelConfig)."""
+    options = [
+        click.option("--model", default="default", help=_HELP["model"]),
+        click.option("--constitution", default="cai-harmless", help=_HELP["constitution"]),
+        click.option("--principles", type=click.Choice(["all", "one", "k"]), default="all", help=_HELP["principles"]),
+        click.option("--k", type=click.IntRange(min=1), default=4, help=_HELP["k"]),
+        click.option("--only", multiple=True, help=_HELP["only"] + " Repeat the flag for several."),
+        click.option("--template", default="cai-choice", help=_HELP["template"]),
+        click.option("--few-shot", type=click.IntRange(min=0), default=0, help=_HELP["few_shot"]),
+        click.option("--cot/--no-cot", default=False, help=_HELP["cot"]),
+        click.option("--clamp-low", type=float, default=0.4, help=_HELP["clamp_low"]),
+        click.option("--clamp-high", type=float, default=0.6, help=_HELP["clamp_high"]),
+        click.option("--max-rationale-tokens", type=click.IntRange(min=1), default=128, help=_HELP["max_rationale_tokens"]),
+        click.option("--seed", type=int, default=0, help=_HELP["seed"]),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"]),
+        click.option("--chunk-pairs", type=click.IntRange(min=1), default=16, help=_HELP["chunk_pairs"]),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"]),
+        click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"]),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help=_HELP["dtype"]),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def label_config(kwargs: dict[str, Any]) -> LabelConfig:
+    """Pop the shared labelling options out of a command's kwargs into a LabelConfig."""
+    return LabelConfig(**{f.name: kwargs.pop(f.name) for f in fields(LabelConfig) if f.name in kwargs})
+
+
+@click.command("label")
+@config_option
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="Pairs: JSONL, CSV, Parquet or a saved HF dataset with prompt, response_a, response_b (id optional).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL of labels (+ OUT.meta.json).")
+@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN",
+              help="Read FIELD from another column, e.g. response_a=chosen response_b=rejected. Repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Label only the first N pairs.")
+@click.option("--resume", is_flag=True, help="Continue an existing --out file (done pairs are kept, not redone).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@label_model_options
+@one_line_errors
+def label(input_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool,
+          overwrite: bool, **options: Any) -> None:
+    """Label response pairs with a feedback model under a constitution.
+
+    Each pair is judged under the chosen principles in both orders; the
+    output holds p_a (probability that response A is better) and its parts.
+    """
+    config = label_config(options)
+    out_path = Path(out)
+    if out_path.exists() and not (resume or overwrite):
+        raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
+    pairs = read_records(input_path, ["prompt", "response_a", "response_b"], parse_column_map(column_map))
+    pairs = pairs[:limit] if limit else pairs
+    started = time.time()
+    rows = label_pairs(pairs, config, out_path, overwrite=overwrite)
+    elapsed = time.time() - started
+    a_wins = sum(row["p_a"] > 0.5 for row in rows)
+    mass = sum(row["option_mass"] for row in rows) / len(rows)
+    click.echo(f"Labelled {len(rows)} pairs in {elapsed:.1f}s ({len(rows) / max(elapsed, 1e-9):.2f} pairs/s): "
+               f"A preferred in {a_wins}, B in {len(rows) - a_wins}; mean option mass {mass:.3f}.")
+    click.echo(f"Wrote {out} and {meta_path(out)}.")
+    if mass < 0.2:
+        click.echo(f"Warning: the options got only {mass:.0%} of the model's probability; "
+                   "the template may not suit this model.", err=True)

@@ -1,0 +1,228 @@
+"""RLAIF pairwise labels: principles x orders -> one soft label per pair.
+
+For each pair and each principle used, the feedback model sees the pair twice,
+A first then B first. q_ab is P(option A) with A first; q_ba is the
+probability of the slot that holds A when B is first. Under one principle
+p_a = (q_ab + q_ba) / 2, which cancels position bias; over principles p_a is
+the mean. With chain-of-thought feedback the model first writes a rationale,
+the answer stub is appended and the options scored; p_a is then clamped into
+[clamp_low, clamp_high] (the RLAIF paper's 40-60%).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from rlaif import __version__
+from rlaif.backends import Backend, GenerationSettings, load_backend
+from rlaif.backends.default import cache_root
+from rlaif.cache import NullCache, ResultCache
+from rlaif.constitution import Constitution, Principle, choose_principles, load_constitution
+from rlaif.errors import RlaifError
+from rlaif.io import RecordWriter, done_ids, meta_path, read_rows, write_json
+from rlaif.prompts import Template, load_template
+from rlaif.records import Label
+from rlaif.scoring import ScoringEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelConfig:
+    """How `rlaif label` judges pairs. Fields match the CLI flags one to one."""
+
+    model: str = field(default="default", metadata={"help": "Feedback model: `default` (embedded Gemma 3 270M), a Hugging Face id or a local directory."})
+    constitution: str = field(default="cai-harmless", metadata={"help": "Built-in constitution name or path of a YAML file."})
+    principles: str = field(default="all", metadata={"help": "Principles per pair: `all`, `one` (one sampled per pair, as in CAI) or `k` (k sampled)."})
+    k: int = field(default=4, metadata={"help": "How many principles to sample per pair with --principles k."})
+    only: tuple[str, ...] = field(default=(), metadata={"help": "Restrict to these principle ids."})
+    template: str = field(default="cai-choice", metadata={"help": "Built-in template name or path of a .j2 file (rendered sandboxed)."})
+    few_shot: int = field(default=0, metadata={"help": "Number of the constitution's few-shot examples to prepend."})
+    cot: bool = field(default=False, metadata={"help": "Chain-of-thought feedback: generate a rationale, then score; clamp p_a."})
+    clamp_low: float = field(default=0.4, metadata={"help": "CoT mode: lower bound of p_a."})
+    clamp_high: float = field(default=0.6, metadata={"help": "CoT mode: upper bound of p_a."})
+    max_rationale_tokens: int = field(default=128, metadata={"help": "CoT mode: longest rationale generated."})
+    seed: int = field(default=0, metadata={"help": "Seed for principle sampling (combined with each pair's id)."})
+    batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one forward batch (rows x longest prompt)."})
+    chunk_pairs: int = field(default=16, metadata={"help": "Pairs scored between two writes to the output file."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
+    no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
+    dtype: str = field(default="float32", metadata={"help": "Model weights dtype: float32, bfloat16 or float16."})
+
+    def __post_init__(self) -> None:
+        if self.principles not in ("all", "one", "k"):
+            raise RlaifError(f"--principles must be all, one or k, not {self.principles!r}.")
+        if not 0.0 <= self.clamp_low <= 0.5 <= self.clamp_high <= 1.0:
+            raise RlaifError(f"Clamp bounds must satisfy 0 <= low <= 0.5 <= high <= 1, got [{self.clamp_low}, {self.clamp_high}].")
+        if self.few_shot < 0 or self.batch_tokens < 1 or self.chunk_pairs < 1:
+            raise RlaifError("--few-shot must be >= 0, --batch-tokens and --chunk-pairs >= 1.")
+        self.only = tuple(self.only)
+
+
+class Labeller:
+    """Holds the loaded constitution, template and engine; labels pairs in chunks."""
+
+    def __init__(self, config: LabelConfig, backend: Backend | None = None):
+        self.config = config
+        self.constitution: Constitution = load_constitution(config.constitution)
+        for pid in config.only:
+            self.constitution.get(pid)  # unknown ids fail before any model loads
+        default_template = "cai-choice-cot" if config.cot and config.template == "cai-choice" else config.template
+        self.template: Template = load_template(default_template)
+        if config.cot and not self.template.answer_stub:
+            raise RlaifError(f"--cot needs a template with an `answer_stub` in its header; {self.template.name!r} has none "
+                             "(use cai-choice-cot).")
+        if len(self.template.options) != 2:
+            raise RlaifError(f"Template {self.template.name!r} has {len(self.template.options)} options; pairwise labels need 2.")
+        self._check_template()
+        self.backend = backend or load_backend(config.model, dtype=config.dtype, batch_tokens=config.batch_tokens)
+        cache = NullCache() if config.no_cache else ResultCache(Path(config.cache_dir or cache_root()) / "results.sqlite")
+        self.engine = ScoringEngine(self.backend, cache)
+
+    def _check_template(self) -> None:
+        """Render once with dummy values so a template with an unknown variable fails before the model loads."""
+        self.template.render(conversation="c", principle="p", response_a="a", response_b="b", few_shot=[])
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.backend.model_id, "template": self.template.name, "template_sha256": self.template.sha256,
+            "constitution": self.constitution.name, "constitution_sha256": self.constitution.sha256,
+            "principles": self.config.principles, "cot": self.config.cot, "rlaif_version": __version__,
+        }
+
+    def label(self, pairs: list[dict[str, str]]) -> list[Label]:
+        """Labels for `pairs` (dicts with id, prompt, response_a, response_b)."""
+        jobs = []  # (pair index, principle, swapped)
+        for index, pair in enumerate(pairs):
+            chosen = choose_principles(self.constitution, self.config.principles, pair["id"], self.config.seed,
+                                       self.config.k, list(self.config.only))
+            jobs += [(index, principle, swapped) for principle in chosen for swapped in (False, True)]
+        prompts = [self._render(pairs[i], principle, swapped) for i, principle, swapped in jobs]
+        rationales: list[str] = [""] * len(prompts)
+        if self.config.cot:
+            settings = GenerationSettings(max_new_tokens=self.config.max_rationale_tokens, seed=self.config.seed)
+            rationales = [trim_rationale(t) for t in self.engine.generate(prompts, settings)]
+            prompts = [p + " " + r + self.template.answer_stub for p, r in zip(prompts, rationales)]
+        results = self.engine.score(prompts, self.template.option_spellings())
+        first, second = self.template.options
+        per_pair: dict[int, dict[str, list]] = {}
+        for (index, principle, swapped), result, rationale in zip(jobs, results, rationales):
+            slot = per_pair.setdefault(index, {}).setdefault(principle.id, [None, None, [], ["", ""]])
+            # With B shown first, the slot holding A is the second option.
+            slot[int(swapped)] = result.probs[second] if swapped else result.probs[first]
+            slot[2].append(result.mass)
+            slot[3][int(swapped)] = rationale
+        return [self._record(pairs[i], per_pair[i]) for i in range(len(pairs))]
+
+    def _render(self, pair: dict[str, str], principle: Principle, swapped: bool) -> str:
+        first, second = (pair["response_b"], pair["response_a"]) if swapped else (pair["response_a"], pair["response_b"])
+        examples = self.constitution.cot_few_shot if self.config.cot else self.constitution.few_shot
+        few = [{**ex, "principle": principle.text} for ex in examples[: self.config.few_shot]]
+        return self.template.render(conversation=format_conversation(pair["prompt"]), principle=principle.text,
+                                    response_a=first, response_b=second, few_shot=few)
+
+    def _record(self, pair: dict[str, str], by: dict[str, list]) -> Label:
+        orders = {pid: [v[0], v[1]] for pid, v in by.items()}
+        by_principle = {pid: (ab + ba) / 2 for pid, (ab, ba) in orders.items()}
+        p_a = sum(by_principle.values()) / len(by_principle)
+        if self.config.cot:
+            p_a = min(max(p_a, self.config.clamp_low), self.config.clamp_high)
+        masses = [m for v in by.values() for m in v[2]]
+        a_wins = p_a >= 0.5
+        return Label(
+            id=pair["id"], prompt=pair["prompt"], response_a=pair["response_a"], response_b=pair["response_b"],
+            p_a=p_a, p_a_ab=sum(o[0] for o in orders.values()) / len(orders),
+            p_a_ba=sum(o[1] for o in orders.values()) / len(orders), by_principle=by_principle,
+            by_principle_orders=orders, option_mass=sum(masses) / len(masses),
+            chosen=pair["response_a"] if a_wins else pair["response_b"],
+            rejected=pair["response_b"] if a_wins else pair["response_a"],
+            rationale={pid: v[3] for pid, v in by.items()} if self.config.cot else None,
+            meta=self.meta(),
+        )
+
+
+def format_conversation(prompt: str) -> str:
+    """The conversation as the CAI format shows it: Human/Assistant turns, without a dangling 'Assistant:'."""
+    text = prompt.strip()
+    if text.endswith("Assistant:"):
+        text = text[: -len("Assistant:")].rstrip()
+    if not text.startswith("Human:"):
+        text = "Human: " + text
+    return text
+
+
+def trim_rationale(text: str) -> str:
+    """Keep the rationale up to where the model starts a new turn or answers on its own."""
+    for stop in ("\nHuman:", "\n\nHuman", "Therefore, the answer is", "\n\n\n", "Consider the following conversation"):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+def config_digest(config: LabelConfig) -> str:
+    keep = {k: v for k, v in asdict(config).items() if k not in ("batch_tokens", "chunk_pairs", "cache_dir", "no_cache")}
+    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+
+
+def _check_resumable(out: Path, config: LabelConfig) -> None:
+    meta = meta_path(out)
+    if not out.exists() or not meta.exists():
+        return
+    try:
+        import json  # noqa: PLC0415
+
+        old = json.loads(meta.read_text(encoding="utf-8")).get("config_digest")
+    except (OSError, ValueError):
+        return
+    if old and old != config_digest(config):
+        raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Path, overwrite: bool = False,
+                backend: Backend | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Label `pairs`, appending Label rows to `out` and resuming what is already there.
+
+    Returns the label rows for `pairs`, in input order. A run killed at any point
+    and started again finishes without recomputing cached results and without
+    duplicate or missing records.
+    """
+    out = Path(out)
+    if overwrite and out.exists():
+        out.unlink()
+    _check_resumable(out, config)
+    done = done_ids(out)
+    todo = [p for p in pairs if p["id"] not in done]
+    started = time.time()
+    labeller = Labeller(config, backend) if todo or not meta_path(out).exists() else None
+    if labeller:
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
+                                    **labeller.meta(), "status": "running"})
+    if todo:
+        with RecordWriter(out) as writer, tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair",
+                                               desc="label", disable=not progress) as bar:
+            for chunk in _chunks(todo, config.chunk_pairs):
+                writer.write_all(asdict(label) for label in labeller.label(chunk))
+                bar.update(len(chunk))
+    elapsed = time.time() - started
+    rows = {row["id"]: row for row in read_rows(out)} if out.exists() else {}
+    if labeller:
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
+                                    **labeller.meta(), "status": "done", "pairs": len(rows),
+                                    "labelled_this_run": len(todo), "seconds_this_run": round(elapsed, 2),
+                                    "cache_hits": labeller.engine.cache.hits, "cache_misses": labeller.engine.cache.misses})
+    missing = [p["id"] for p in pairs if p["id"] not in rows]
+    if missing:
+        raise RlaifError(f"{len(missing)} pair(s) have no label in {out}; rerun the same command to finish them.")
+    return [rows[p["id"]] for p in pairs]
