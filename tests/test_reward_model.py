@@ -297,11 +297,13 @@ def test_hard_labels_and_lora_train(llama_dir: Path, human_file: Path, tmp_path:
 
 def test_cli_train_then_eval_only(llama_dir: Path, labels_file: Path, human_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "rm"
+    config = tmp_path / "rm.yaml"
+    config.write_text(f"base-model: {llama_dir}\nmax_steps: 1\neval-split: 0\nmax-length: 32\n", encoding="utf-8")
     runner = CliRunner()
-    result = runner.invoke(cli, ["train-rm", "--labels", str(labels_file), "--base-model", str(llama_dir),
-                                 "--out", str(out), "--max-steps", "1", "--eval-split", "0", "--max-length", "32"])
+    result = runner.invoke(cli, ["train-rm", "--config", str(config), "--labels", str(labels_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "metrics.json").read_text())["human"] == {}
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["human"] == {} and trained["config"]["max_steps"] == 1 and trained["data"]["n_eval"] == 0
     result = runner.invoke(cli, ["train-rm", "--eval-only", "--out", str(out), "--eval-human", str(human_file)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "metrics.json").read_text())
