@@ -147,11 +147,13 @@ def build_prompt_dataset(
 def load_models(config: PPORunConfig, tokenizer: Any, context_length: int) -> tuple[Any, Any, Any]:
     """Policy, reference policy and value model (the policy's weights + a fresh scalar head)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: PLC0415
+    from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
 
     try:
         policy = AutoModelForCausalLM.from_pretrained(config.policy)
         ref_policy = AutoModelForCausalLM.from_pretrained(config.policy)
-        value_model = AutoModelForSequenceClassification.from_pretrained(config.policy, num_labels=1)
+        with suppress_seqcls_warning():  # the LM head is dropped and a value head made, as intended
+            value_model = AutoModelForSequenceClassification.from_pretrained(config.policy, num_labels=1)
     except (OSError, ValueError) as err:
         raise RlaifError(f"Cannot load policy {config.policy!r} as a causal LM: {err}.") from err
     limit = getattr(policy.config, "max_position_embeddings", None)

@@ -131,11 +131,12 @@ class RewardModelFunction:
     """
 
     def __init__(self, model_dir: str | Path, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
-        from rlaif.rm_data import fit_max_length, load_model_and_tokenizer  # noqa: PLC0415
+        from rlaif.rm_data import load_model_and_tokenizer  # noqa: PLC0415
 
         self.model, self.tokenizer, _ = load_model_and_tokenizer(str(model_dir), training=False)
         self.model.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.max_length, _ = fit_max_length(max_length, self.model, self.tokenizer)
+        limits = (getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length)
+        self.max_length = min([max_length] + [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000])
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
