@@ -41,7 +41,7 @@ class LabelConfig:
 
     model: str = field(default="default", metadata={"help": "Feedback model: `default` (embedded Gemma 3 270M), a Hugging Face id or a local directory."})
     constitution: str = field(default="cai-harmless", metadata={"help": "Built-in constitution name or path of a YAML file."})
-    principles: str = field(default="all", metadata={"help": "Principles per pair: `all`, `one` (one sampled per pair, as in CAI) or `k` (k sampled)."})
+    principles: str = field(default="k", metadata={"help": "Principles per pair: `all`, `one` (one sampled per pair, as in CAI) or `k` (k sampled)."})
     k: int = field(default=4, metadata={"help": "How many principles to sample per pair with --principles k."})
     only: tuple[str, ...] = field(default=(), metadata={"help": "Restrict to these principle ids."})
     template: str = field(default="cai-choice", metadata={"help": "Built-in template name or path of a .j2 file (rendered sandboxed)."})

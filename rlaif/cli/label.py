@@ -22,7 +22,7 @@ def label_model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--model", default="default", help=_HELP["model"]),
         click.option("--constitution", default="cai-harmless", help=_HELP["constitution"]),
-        click.option("--principles", type=click.Choice(["all", "one", "k"]), default="all", help=_HELP["principles"]),
+        click.option("--principles", type=click.Choice(["all", "one", "k"]), default="k", help=_HELP["principles"]),
         click.option("--k", type=click.IntRange(min=1), default=4, help=_HELP["k"]),
         click.option("--only", multiple=True, help=_HELP["only"] + " Repeat the flag for several."),
         click.option("--template", default="cai-choice", help=_HELP["template"]),
