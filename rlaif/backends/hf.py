@@ -120,18 +120,41 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        """Continuations of `prompts`, in batches of rows.
+
+        Greedy decoding (temperature 0) is plain batched argmax. Sampling seeds each row from
+        (settings.seed, its prompt) and draws with the Gumbel-max trick from the temperature- and
+        top-p-shaped distribution, so a prompt's text never depends on what it was batched with.
+        A prompt that already starts with the BOS token (a chat template wrote it) gets no second one.
+        """
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper  # noqa: PLC0415
+
         self.tokenizer.padding_side = "left"
+        bos = self.tokenizer.bos_token
+        sample = settings.temperature > 0
+        warpers = [TemperatureLogitsWarper(settings.temperature)] if sample else []
+        warpers += [TopPLogitsWarper(settings.top_p)] if sample and settings.top_p < 1.0 else []
         texts: list[str] = []
         step = max(1, self.batch_tokens // 512)
         for start in range(0, len(prompts), step):
             chunk = prompts[start:start + step]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
-            torch.manual_seed(settings.seed + start)
-            sample = settings.temperature > 0
+            special = not (bos and all(p.startswith(bos) for p in chunk))
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special).to(self.device)
+            processors = LogitsProcessorList()
+            if sample:
+                seeds = [int(hashlib.sha256(f"{settings.seed}:{p}".encode()).hexdigest()[:15], 16) for p in chunk]
+                rows = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+
+                def gumbel_max(input_ids: torch.Tensor, scores: torch.Tensor, rows=rows) -> torch.Tensor:
+                    for warper in warpers:
+                        scores = warper(input_ids, scores)
+                    u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in rows])
+                    return scores - torch.log(-torch.log(u.clamp_min(1e-20)))
+
+                processors.append(gumbel_max)
             out = self.model.generate(
-                **enc, max_new_tokens=settings.max_new_tokens, do_sample=sample,
-                temperature=settings.temperature if sample else None, top_p=settings.top_p if sample else None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                **enc, max_new_tokens=settings.max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                top_k=None, pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors,
             )
             new = out[:, enc["input_ids"].shape[1]:]
             texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
