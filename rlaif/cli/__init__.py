@@ -30,3 +30,6 @@ cli.add_command(ppo)
 from rlaif.cli.train_rm import train_rm  # noqa: E402
 
 cli.add_command(train_rm)
+from rlaif.cli.score import score  # noqa: E402
+
+cli.add_command(score)
