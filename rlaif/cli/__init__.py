@@ -33,3 +33,9 @@ cli.add_command(train_rm)
 from rlaif.cli.score import score  # noqa: E402
 
 cli.add_command(score)
+from rlaif.cli.generate import generate  # noqa: E402
+
+cli.add_command(generate)
+from rlaif.cli.revise import revise  # noqa: E402
+
+cli.add_command(revise)

@@ -1,0 +1,99 @@
+"""`rlaif revise`: SL-CAI critique -> revision chains (or checking-as-context), with SFT / pair exports."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rlaif.cli.common import config_option, one_line_errors
+from rlaif.generate import PROMPT_FORMATS
+from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.revise import EXPORTS, MODES, ReviseConfig, export_chains, revise_prompts
+
+_HELP = {f.name: f.metadata.get("help", "") for f in fields(ReviseConfig)}
+
+
+def revise_options(func: Any) -> Any:
+    """The options that become a ReviseConfig."""
+    options = [
+        click.option("--model", default="default", help=_HELP["model"]),
+        click.option("--constitution", default="cai-harmless", help=_HELP["constitution"]),
+        click.option("--mode", type=click.Choice(MODES), default="critique-revision", help=_HELP["mode"]),
+        click.option("--rounds", type=click.IntRange(min=1), default=4, help=_HELP["rounds"]),
+        click.option("--few-shot", type=click.IntRange(min=0), default=0, help=_HELP["few_shot"]),
+        click.option("--temperature", type=float, default=0.7, help=_HELP["temperature"]),
+        click.option("--top-p", type=float, default=0.95, help=_HELP["top_p"]),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, help=_HELP["max_new_tokens"]),
+        click.option("--seed", type=int, default=0, help=_HELP["seed"]),
+        click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="auto", help=_HELP["prompt_format"]),
+        click.option("--critique-template", default="cai-critique", help=_HELP["critique_template"]),
+        click.option("--revision-template", default="cai-revision", help=_HELP["revision_template"]),
+        click.option("--check-template", default="check-as-context", help=_HELP["check_template"]),
+        click.option("--judge", default=None, help=_HELP["judge"]),
+        click.option("--judge-constitution", default=None, help=_HELP["judge_constitution"]),
+        click.option("--judge-principles", type=click.Choice(["all", "one", "k"]), default="k", help=_HELP["judge_principles"]),
+        click.option("--judge-k", type=click.IntRange(min=1), default=4, help=_HELP["judge_k"]),
+        click.option("--judge-template", default="cai-choice", help=_HELP["judge_template"]),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"]),
+        click.option("--chunk-prompts", type=click.IntRange(min=1), default=16, help=_HELP["chunk_prompts"]),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"]),
+        click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"]),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help=_HELP["dtype"]),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("revise")
+@config_option
+@click.option("--prompts", "prompts_path", required=True, type=click.Path(),
+              help="Prompts: JSONL, CSV, Parquet or a saved HF dataset with a `prompt` column (id optional).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL of chains (+ OUT.meta.json).")
+@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN", help="Read FIELD from another column, e.g. prompt=instruction.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
+@click.option("--resume", is_flag=True, help="Continue an existing --out file (done prompts are kept, not redone).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (cached generations are still reused).")
+@click.option("--export", "exports", type=click.Choice(EXPORTS), multiple=True,
+              help="Also write OUT.sft.jsonl (prompt -> final revision) and/or OUT.pairs.jsonl (final revision "
+                   "chosen over the initial response; for train-rm or DPO). Repeatable.")
+@revise_options
+@one_line_errors
+def revise(prompts_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool,
+           overwrite: bool, exports: tuple[str, ...], **options: Any) -> None:
+    """Let a model critique and revise its own responses under a constitution, round after round.
+
+    Each prompt gives a chain: the initial response, then per round a principle
+    (sampled, seeded), a critique (or a self-check with a verdict) and a revision.
+    With --judge, a feedback model says per round whether the revision beat the
+    text it revised.
+    """
+    config = ReviseConfig(**options)
+    if Path(out).exists() and not (resume or overwrite):
+        raise click.ClickException(f"{out} exists: pass --resume to continue it (or to export it again) "
+                                   "or --overwrite to replace it.")
+    prompts = read_records(prompts_path, ["prompt"], parse_column_map(column_map))
+    prompts = prompts[:limit] if limit else prompts
+    summary = revise_prompts(prompts, config, out, overwrite=overwrite)
+    click.echo(f"{summary['prompts_this_run']} prompt(s) revised this run; {out} holds {summary['chains_in_file']} "
+               f"chains, {summary['rounds']} rounds ({summary['empty_revisions']} empty revisions kept the previous "
+               f"text; {summary['final_same_as_initial']} finals equal their initial response).")
+    if "verdicts" in summary:
+        click.echo("Check verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()) + ".")
+    _echo_judge(summary.get("judge_stats") or {})
+    for kind, info in export_chains(out, exports).items():
+        click.echo(f"Exported {info['records']} {kind} records to {info['path']} ({info['skipped']} chains skipped).")
+    click.echo(f"Wrote {out} and {meta_path(out)}.")
+
+
+def _echo_judge(stats: dict[str, Any]) -> None:
+    if not stats:
+        return
+    click.echo("Judge: revision vs the text it revised (improved ~ Δi→c, worse ~ Δc→i, delta ~ Δ(t1,t2)):")
+    rows = [(f"round {r['round']}", r) for r in stats["rounds"]] + [("final vs initial", stats["final_vs_initial"])]
+    for name, r in rows:
+        click.echo(f"  {name:<17} improved {r['improved']:6.1%}  worse {r['worse']:6.1%}  unchanged "
+                   f"{r['unchanged']:6.1%}  delta {r['delta']:+.1%}  mean p {r['mean_p_better']:.3f}  (n={r['n']})")

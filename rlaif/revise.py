@@ -1,0 +1,311 @@
+"""SL-CAI critique -> revision chains, and the checking-as-context self-correction loop.
+
+`critique-revision` (Bai et al. 2022, Constitutional AI): the policy answers;
+each round samples one of the constitution's critique/revision pairs (seeded
+by the prompt id and round), critiques its current response under it, then
+revises it. `check-as-context` (Wang et al. 2024): the policy answers, checks
+its answer against the sampled principle (a verdict with reasons), then answers
+again with every earlier answer and check in its context.
+
+Each prompt yields one chain record: the initial response, every round and the
+final text. `export_chains` turns chains into SFT records (prompt -> final) or
+preference pairs (final preferred over initial). With a judge, each round is
+labelled by the feedback model (see revise_judge.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+from tqdm import tqdm
+
+from rlaif import __version__
+from rlaif.backends import Backend, GenerationSettings, load_backend
+from rlaif.constitution import Constitution, Critique, load_constitution, pair_rng
+from rlaif.errors import RlaifError
+from rlaif.generate import (check_decoding, chunks, config_digest, open_engine, prepare_output,
+                            read_meta, render_prompt, render_request, resolve_prompt_format, trim_response)
+from rlaif.io import RecordWriter, meta_path, read_rows, write_json
+from rlaif.label import format_conversation
+from rlaif.prompts import Template
+from rlaif.resources import data_dir
+
+MODES = ("critique-revision", "check-as-context")
+EXPORTS = ("sft", "pairs")
+FEW_SHOT_FILE = "cai_critique_fewshot.yaml"
+FEW_SHOT_KEYS = ("conversation", "critique_request", "critique", "revision_request", "revision")
+CHAIN_STOPS = ("\nHuman:", "\n\nHuman", "\n\nAssistant:", "CritiqueRequest:", "RevisionRequest:", "CheckRequest:",
+               "\n\nCritique:", "\n\nRevision:", "\n\nCheck:")
+_VERDICT = re.compile(r"\A\W*(good|bad)\b", re.I)
+
+
+@dataclass
+class ReviseConfig:
+    """How `rlaif revise` builds chains. Fields match the CLI flags one to one."""
+
+    model: str = field(default="default", metadata={"help": "Policy model: `default` (embedded Gemma 3 270M), a Hugging Face id or a local directory."})
+    constitution: str = field(default="cai-harmless", metadata={"help": "Constitution with critique/revision pairs (`critiques`): built-in name or YAML path."})
+    mode: str = field(default="critique-revision", metadata={"help": "`critique-revision` (SL-CAI) or `check-as-context` (answer, self-check with a verdict, answer again)."})
+    rounds: int = field(default=4, metadata={"help": "Critique/revision (or check/answer) rounds per prompt, a principle sampled for each."})
+    few_shot: int = field(default=0, metadata={"help": "critique-revision: how many of the CAI paper's 5 few-shot critique/revision examples to prepend."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0: greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: keep the smallest token set with this much probability."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, critique or check, in tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed of principle choice (with each prompt's id and round) and of sampling."})
+    prompt_format: str = field(default="auto", metadata={"help": "`auto` (the tokenizer's chat template if it has one, else plain), `chat` or `plain`."})
+    critique_template: str = field(default="cai-critique", metadata={"help": "Critique template: built-in name or .j2 path (rendered sandboxed)."})
+    revision_template: str = field(default="cai-revision", metadata={"help": "Revision template: built-in name or .j2 path (rendered sandboxed)."})
+    check_template: str = field(default="check-as-context", metadata={"help": "check-as-context template: built-in name or .j2 path (sandboxed)."})
+    judge: str | None = field(default=None, metadata={"help": "Feedback model that labels each round (revision vs the text it revised); none: no judging."})
+    judge_constitution: str | None = field(default=None, metadata={"help": "Constitution the judge labels under (default: --constitution)."})
+    judge_principles: str = field(default="k", metadata={"help": "Judge principles per pair: all, one or k (as `rlaif label --principles`)."})
+    judge_k: int = field(default=4, metadata={"help": "Judge principles sampled per pair with --judge-principles k."})
+    judge_template: str = field(default="cai-choice", metadata={"help": "Judge template (as `rlaif label --template`)."})
+    batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one batch; generation runs batch_tokens // 512 prompts at a time."})
+    chunk_prompts: int = field(default=16, metadata={"help": "Prompts revised between two writes to the output file."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
+    no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
+    dtype: str = field(default="float32", metadata={"help": "Model weights dtype: float32, bfloat16 or float16."})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RlaifError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}.")
+        if self.rounds < 1:
+            raise RlaifError(f"--rounds must be at least 1, got {self.rounds}.")
+        if self.temperature < 0:
+            raise RlaifError(f"--temperature must be >= 0 (0: greedy), got {self.temperature}.")
+        if self.few_shot < 0:
+            raise RlaifError(f"--few-shot must be >= 0, got {self.few_shot}.")
+        if self.few_shot and self.mode != "critique-revision":
+            raise RlaifError("--few-shot examples are critique/revision examples: use them with --mode critique-revision.")
+        check_decoding(self.top_p, self.max_new_tokens, self.prompt_format)
+        if self.batch_tokens < 1 or self.chunk_prompts < 1:
+            raise RlaifError("--batch-tokens and --chunk-prompts must be at least 1.")
+
+
+def load_generation_template(name_or_path: str | Path) -> Template:
+    """A generation template (no rlaif header): built-in by name, or a user's .j2 file rendered sandboxed."""
+    path = Path(name_or_path)
+    user = bool(path.suffix)
+    if not user:
+        path = data_dir("templates") / f"{str(name_or_path).replace('-', '_')}.j2"
+        if not path.exists():
+            raise RlaifError(f"Unknown template {str(name_or_path)!r}. Built-in generation templates: cai-critique, "
+                             "cai-revision, check-as-context; or pass a .j2 file path.")
+    if not path.exists():
+        raise RlaifError(f"Template file {path} does not exist: check the path.")
+    source = path.read_text(encoding="utf-8")
+    env_class = SandboxedEnvironment if user else jinja2.Environment
+    env = env_class(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    try:
+        compiled = env.from_string(source)
+    except jinja2.TemplateSyntaxError as err:
+        raise RlaifError(f"Template {path} has a syntax error at line {err.lineno}: {err.message}.") from err
+    return Template(name=str(name_or_path), source=source, options=[], spellings=[], answer_stub="",
+                    sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(), _template=compiled)
+
+
+def load_few_shot(count: int) -> list[dict[str, str]]:
+    """The first `count` of the CAI paper's few-shot critique/revision examples (templates/cai_critique_fewshot.yaml)."""
+    if count == 0:
+        return []
+    data = yaml.safe_load((data_dir("templates") / FEW_SHOT_FILE).read_text(encoding="utf-8"))
+    examples = data["examples"]
+    if count > len(examples):
+        raise RlaifError(f"--few-shot {count}: there are only {len(examples)} few-shot examples; use at most that.")
+    return [{key: str(ex[key]).strip() for key in FEW_SHOT_KEYS} for ex in examples[:count]]
+
+
+def choose_critique(constitution: Constitution, seed: int, prompt_id: str, round_: int) -> Critique:
+    """The critique/revision pair of one round: seeded by (seed, prompt id, round), so reruns agree."""
+    return pair_rng(seed, f"{prompt_id}:round{round_}").choice(constitution.critiques)
+
+
+def parse_verdict(check: str) -> str:
+    """`good`, `bad` or `unclear`, from the text the model wrote after 'Verdict:'."""
+    match = _VERDICT.match(check)
+    return match.group(1).lower() if match else "unclear"
+
+
+class Reviser:
+    """Holds the policy back end, constitution and templates; turns a chunk of prompts into chains."""
+
+    def __init__(self, config: ReviseConfig, backend: Backend | None = None):
+        self.config = config
+        self.constitution = load_constitution(config.constitution)
+        if not self.constitution.critiques:
+            raise RlaifError(f"Constitution {self.constitution.name!r} has no critique/revision pairs (`critiques`), "
+                             "which revise samples from: use cai-harmless or add a `critiques` list of "
+                             "{id, critique, revision}.")
+        names = {"check": config.check_template} if config.mode == "check-as-context" else {
+            "critique": config.critique_template, "revision": config.revision_template}
+        self.templates = {role: load_generation_template(name) for role, name in names.items()}
+        self.few_shot = load_few_shot(config.few_shot)
+        self._check_templates()
+        self.backend = backend or load_backend(config.model, dtype=config.dtype, batch_tokens=config.batch_tokens)
+        self.prompt_format = resolve_prompt_format(self.backend.tokenizer, config.prompt_format)
+        self.engine = open_engine(self.backend, config.cache_dir, config.no_cache)
+        self.settings = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                           top_p=config.top_p, seed=config.seed)
+
+    def _check_templates(self) -> None:
+        """Render once with dummy values, so a template with an unknown variable fails before the model loads."""
+        values = {"few_shot": self.few_shot, "conversation": "Human: q", "response": "r", "critique_request": "c",
+                  "critique": "k", "revision_request": "v", "history": [], "answer": "a", "check_request": "c"}
+        for role, template in self.templates.items():
+            template.render(**values, stage="check" if role == "check" else role)
+            if role == "check":
+                template.render(**values, stage="answer")
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.backend.model_id, "prompt_format": self.prompt_format, "mode": self.config.mode,
+            "constitution": self.constitution.name, "constitution_sha256": self.constitution.sha256,
+            "templates": {role: {"name": t.name, "sha256": t.sha256} for role, t in self.templates.items()},
+            "few_shot": len(self.few_shot), "rlaif_version": __version__,
+        }
+
+    def _generate(self, texts: list[str]) -> list[str]:
+        prompts = [render_request(self.backend.tokenizer, text, self.prompt_format) for text in texts]
+        return [trim_response(t, CHAIN_STOPS) for t in self.engine.generate(prompts, self.settings)]
+
+    def revise(self, prompts: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """One chain record for each prompt (dicts with id, prompt)."""
+        rendered = [render_prompt(self.backend.tokenizer, p["prompt"], self.prompt_format) for p in prompts]
+        initial = [trim_response(t, CHAIN_STOPS) for t in self.engine.generate(rendered, self.settings)]
+        states = [{"id": p["id"], "prompt": p["prompt"], "conversation": format_conversation(p["prompt"]),
+                   "current": text, "initial": text, "rounds": [], "history": []} for p, text in zip(prompts, initial)]
+        step = self._critique_round if self.config.mode == "critique-revision" else self._check_round
+        for round_ in range(1, self.config.rounds + 1):
+            step(states, round_, [choose_critique(self.constitution, self.config.seed, s["id"], round_) for s in states])
+        return [{"id": s["id"], "prompt": s["prompt"], "mode": self.config.mode, "initial": s["initial"],
+                 "rounds": s["rounds"], "final": s["current"]} for s in states]
+
+    def _critique_round(self, states: list[dict], round_: int, chosen: list[Critique]) -> None:
+        base = [{"few_shot": self.few_shot, "conversation": s["conversation"], "response": s["current"],
+                 "critique_request": c.critique} for s, c in zip(states, chosen)]
+        critiques = self._generate([self.templates["critique"].render(**b) for b in base])
+        revisions = self._generate([self.templates["revision"].render(**b, critique=k, revision_request=c.revision)
+                                    for b, k, c in zip(base, critiques, chosen)])
+        for state, critique, text, principle in zip(states, critiques, revisions, chosen):
+            new = text or state["current"]  # an empty revision keeps the text it was meant to revise
+            state["rounds"].append({"round": round_, "principle": principle.id, "critique": critique,
+                                    "revision": new, "revision_empty": not text})
+            state["current"] = new
+
+    def _check_round(self, states: list[dict], round_: int, chosen: list[Critique]) -> None:
+        template = self.templates["check"]
+        checks = self._generate([template.render(stage="check", conversation=s["conversation"], history=s["history"],
+                                                 answer=s["current"], check_request=c.critique)
+                                 for s, c in zip(states, chosen)])
+        for state, check, principle in zip(states, checks, chosen):
+            state["history"].append({"answer": state["current"], "check_request": principle.critique,
+                                     "check": f"Verdict: {check}"})
+        answers = self._generate([template.render(stage="answer", conversation=s["conversation"], history=s["history"],
+                                                  answer="", check_request="") for s in states])
+        for state, check, text, principle in zip(states, checks, answers, chosen):
+            new = text or state["current"]
+            state["rounds"].append({"round": round_, "principle": principle.id, "check": f"Verdict: {check}",
+                                    "verdict": parse_verdict(check), "revision": new, "revision_empty": not text})
+            state["current"] = new
+
+
+def revise_prompts(prompts: list[dict[str, str]], config: ReviseConfig, out: str | Path, overwrite: bool = False,
+                   backend: Backend | None = None, judge_backend: Backend | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Build a chain for each prompt, appending to `out` and resuming by prompt id; returns the meta summary."""
+    from rlaif.revise_judge import ChainJudge, judge_stats  # noqa: PLC0415 (loads the labelling stack)
+
+    if not prompts:
+        raise RlaifError("No prompts given: pass a file with at least one {\"prompt\": ...} record.")
+    out = Path(out)
+    digest = config_digest(config)
+    done = prepare_output(out, digest, overwrite)
+    todo = [p for p in prompts if p["id"] not in done]
+    if not todo and (old := read_meta(out)).get("status") == "done":
+        return old
+    reviser = Reviser(config, backend)
+    if config.judge and judge_backend is None and config.judge == config.model:
+        judge_backend = reviser.backend
+    judge = ChainJudge(config, judge_backend) if config.judge else None
+    base = {"config": asdict(config), "config_digest": digest, **reviser.meta(),
+            **({"judge": judge.meta()} if judge else {})}
+    write_json(meta_path(out), {**base, "status": "running"})
+    started = time.time()
+    with RecordWriter(out) as writer, tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
+                                           desc="revise", disable=not progress) as bar:
+        for chunk in chunks(todo, config.chunk_prompts):
+            chains = reviser.revise(chunk)
+            if judge:
+                judge.judge(chains)
+            writer.write_all(chains)
+            bar.update(len(chunk))
+    chains = read_rows(out)
+    summary = {"status": "done", "prompts": len(prompts), "prompts_this_run": len(todo), "chains_in_file": len(chains),
+               **chain_counts(chains), "seconds_this_run": round(time.time() - started, 2)}
+    if judge:
+        summary["judge_stats"] = judge_stats(chains)
+    write_json(meta_path(out), {**base, **summary})
+    return summary
+
+
+def chain_counts(chains: list[dict[str, Any]]) -> dict[str, Any]:
+    """Empty revisions (kept the previous text), unchanged finals, and check verdicts."""
+    rounds = [r for chain in chains for r in chain["rounds"]]
+    verdicts = Counter(r["verdict"] for r in rounds if "verdict" in r)
+    counts = {"rounds": len(rounds), "empty_revisions": sum(r["revision_empty"] for r in rounds),
+              "final_same_as_initial": sum(c["final"].strip() == c["initial"].strip() for c in chains)}
+    if verdicts:
+        counts["verdicts"] = dict(sorted(verdicts.items()))
+    return counts
+
+
+# -- exports --------------------------------------------------------------------------------------------------------
+
+
+def export_path(out: str | Path, kind: str) -> Path:
+    """chains.jsonl -> chains.sft.jsonl / chains.pairs.jsonl."""
+    out = Path(out)
+    return out.with_name(f"{out.stem if out.suffix else out.name}.{kind}.jsonl")
+
+
+def sft_records(chains: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """TRL prompt-completion records: the prompt and the chain's final revision (empty finals left out)."""
+    return [{"id": c["id"], "prompt": c["prompt"], "completion": c["final"]} for c in chains if c["final"].strip()]
+
+
+def preference_records(chains: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """TRL preference records: the final revision `chosen` over the initial response `rejected`.
+
+    Chains whose final equals the initial response, or with an empty side, make no pair.
+    """
+    return [{"id": c["id"], "prompt": c["prompt"], "chosen": c["final"], "rejected": c["initial"]}
+            for c in chains
+            if c["final"].strip() and c["initial"].strip() and c["final"].strip() != c["initial"].strip()]
+
+
+def export_chains(out: str | Path, kinds: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Write each export of the chains in `out` (sft, pairs) beside it; returns {kind: {path, records}}."""
+    unknown = sorted(set(kinds) - set(EXPORTS))
+    if unknown:
+        raise RlaifError(f"Unknown export(s) {', '.join(unknown)}: use {' or '.join(EXPORTS)}.")
+    chains = read_rows(out)
+    written: dict[str, dict[str, Any]] = {}
+    for kind in dict.fromkeys(kinds):
+        rows = sft_records(chains) if kind == "sft" else preference_records(chains)
+        path = export_path(out, kind)
+        with RecordWriter(path, overwrite=True) as writer:
+            writer.write_all(rows)
+        info = {"path": str(path), "records": len(rows), "skipped": len(chains) - len(rows)}
+        write_json(meta_path(path), {"export": kind, "source": str(out), **info, "rlaif_version": __version__})
+        written[kind] = info
+    return written
