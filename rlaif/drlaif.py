@@ -48,6 +48,8 @@ class ScoreConfig:
     dtype: str = field(default="float32", metadata={"help": "Model weights dtype."})
 
     def __post_init__(self) -> None:
+        if self.principle is None:
+            self.principle = ()
         if isinstance(self.principle, str):
             self.principle = (self.principle,)
         self.principle = tuple(self.principle)

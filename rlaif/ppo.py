@@ -10,12 +10,14 @@ for why an adapter module and not a trainer subclass). It writes the trained pol
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlaif import __version__
+from rlaif.backends.default import default_model_dir, is_default
 from rlaif.errors import RlaifError
 from rlaif.io import meta_path, parse_column_map, read_records, read_rows, write_json
 
@@ -39,7 +41,7 @@ class PPORunConfig:
     d_rlaif: bool = field(default=False, metadata={"help": "Reward = the feedback LLM's 1-10 score mapped to [-1, 1]."})
     feedback_model: str = field(default="default", metadata={"help": "Feedback LLM for --d-rlaif."})
     constitution: str = field(default="cai-harmless", metadata={"help": "Constitution for --d-rlaif."})
-    principle: str | None = field(default=None, metadata={"help": "One principle id for --d-rlaif (default: all)."})
+    principle: str | None = field(default=None, metadata={"help": "One principle id for --d-rlaif (default: the constitution's first)."})
     column_map: tuple[str, ...] = field(default=(), metadata={"help": "Map the prompt column: prompt=COLUMN."})
     steps: int = field(default=20, metadata={"help": "PPO updates; each generates and scores one batch."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per PPO update (per device)."})
@@ -235,6 +237,8 @@ def run_ppo(config: PPORunConfig, reward_fn: RewardFn | None = None) -> dict[str
     from rlaif.ppo_rewards import PPOLogCallback, TextRewardModel  # noqa: PLC0415
 
     config.validate()
+    if is_default(config.policy):  # the embedded Gemma 3 270M, converted once and cached
+        config = dataclasses.replace(config, policy=str(default_model_dir()))
     prompts = read_prompts(config)
     reward_fn = reward_fn or build_reward_fn(config)
     out = Path(config.output_dir)
