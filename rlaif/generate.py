@@ -246,7 +246,8 @@ def generate_pairs(prompts: list[dict[str, str]], config: GenerateConfig, out: s
     done = prepare_output(out, digest, overwrite, key="prompt_id")
     todo = [p for p in prompts if p["id"] not in done]
     if not todo and (old := read_meta(out)).get("status") == "done":
-        return old
+        return {**old, "prompts_this_run": 0, "pairs_this_run": 0, "dropped_identical": 0, "dropped_duplicate": 0,
+                "dropped_empty": 0, "samples_from_cache": 0, "samples_generated": 0, "seconds_this_run": 0.0}
     generator = PairGenerator(config, backend)
     base = {"config": asdict(config), "config_digest": digest, **generator.meta()}
     write_json(meta_path(out), {**base, "status": "running"})

@@ -232,7 +232,7 @@ def revise_prompts(prompts: list[dict[str, str]], config: ReviseConfig, out: str
     done = prepare_output(out, digest, overwrite)
     todo = [p for p in prompts if p["id"] not in done]
     if not todo and (old := read_meta(out)).get("status") == "done":
-        return old
+        return {**old, "prompts_this_run": 0, "seconds_this_run": 0.0}
     reviser = Reviser(config, backend)
     if config.judge and judge_backend is None and config.judge == config.model:
         judge_backend = reviser.backend
