@@ -54,9 +54,11 @@ def save_tiny_llama(path: Path, tokenizer, seed: int = 0) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
     """Never touch ~/.cache or a hub: the raw-result cache and model conversions go to a temporary dir."""
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "RLAIF_CACHE_DIR")}
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "RLAIF_CACHE_DIR", "RLAIF_THREADS")}
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["RLAIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("rlaif-cache"))
+    # Tiny models run fastest on one thread; two threads on two shared cores can be 10-25x slower.
+    os.environ.setdefault("RLAIF_THREADS", "1")
     yield
     for key, value in saved.items():
         if value is None:
