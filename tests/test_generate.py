@@ -179,3 +179,30 @@ def test_cli_generate_with_config_file_and_errors(tiny_model_dir, tmp_path):
     result = runner.invoke(cli, ["generate", "--prompts", str(empty), "--out", str(tmp_path / "y.jsonl"),
                                  "--model", tiny_model_dir])
     assert result.exit_code == 1 and "'prompt' is empty" in result.output
+
+
+def test_chat_template_bos_is_not_doubled(tmp_path):
+    import torch  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: PLC0415
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: PLC0415
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<eos>": 2, "<bos>": 3, "hello": 4, "bye": 5}
+    inner = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Whitespace()
+    inner.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
+                                  bos_token="<bos>")
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}bye"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    backend = load_backend(str(tmp_path))
+    seen = []
+    generate = backend.model.generate
+    backend.model.generate = lambda **kw: seen.append(kw["input_ids"][0].tolist()) or generate(**kw)
+    prompt = render_prompt(backend.tokenizer, "hello", resolve_prompt_format(backend.tokenizer, "auto"))
+    assert prompt == "<bos>hello bye"
+    backend.generate([prompt, "hello"], GenerationSettings(max_new_tokens=1))
+    backend.generate(["hello"], GenerationSettings(max_new_tokens=1))
+    assert seen == [[3, 4, 5], [3, 4]]

@@ -138,8 +138,8 @@ class HFBackend:
         step = max(1, self.batch_tokens // 512)
         for start in range(0, len(prompts), step):
             chunk = prompts[start:start + step]
-            special = not (bos and all(p.startswith(bos) for p in chunk))
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special).to(self.device)
+            ids = [self.tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in chunk]
+            enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
             processors = LogitsProcessorList()
             if sample:
                 seeds = [int(hashlib.sha256(f"{settings.seed}:{p}".encode()).hexdigest()[:15], 16) for p in chunk]
