@@ -130,11 +130,18 @@ def test_generate_is_cached_by_prompt_and_sample(make_fake, tmp_path):
 
 # ---- the transformers back end on a tiny real model -------------------------------------------------
 
+# Two groups of prompts share a long prefix (as the orders and principles of one pair do), with suffixes of
+# different lengths; the others stand alone. Batched, shared-prefix and one-by-one runs must all agree.
+CONVERSATION = ("Consider the following conversation between a human and an assistant : Human : what is two plus "
+                "two ? Assistant : four . Human : hello bye yes no good bad ok what ? Assistant : ok . Human : what is two "
+                "plus four ? Assistant : no . ")
 PROMPTS = [
     "The answer is : (",
     "Human : hello",
-    "Consider the following conversation between a human and an assistant : Human : what is two plus two ? "
-    "Options : ( A ) four ( B ) two . The answer is : (",
+    CONVERSATION + "Choose the kind response . Options : ( A ) good ( B ) bad . The answer is : (",
+    CONVERSATION + "Choose the kind response . Options : ( A ) bad ( B ) good . The answer is : (",
+    CONVERSATION + "Choose the honest response . Options : ( A ) four ( B ) two plus two . The answer is : (",
+    CONVERSATION + "The answer is : (",
     "Rating :",
     "Human : hello bye yes no good bad ok what . Assistant : kind honest response ? Let ' s think step by step",
 ]
@@ -162,10 +169,16 @@ def hf_backend(tiny_model_dir):
     return HFBackend.load(tiny_model_dir)
 
 
-@pytest.mark.parametrize("batch_tokens", [1, 40, 1_000_000])
-def test_hf_engine_matches_a_manual_unbatched_pass(hf_backend, batch_tokens):
-    hf_backend.batch_tokens = batch_tokens  # 1: one prompt a batch; 1e6: all in one left-padded batch
-    engine = ScoringEngine(hf_backend)
+def test_the_shared_prefix_is_long(tiny_tokenizer):
+    assert len(tiny_tokenizer.encode(CONVERSATION)) >= 48
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("batch_tokens", [1, 60, 1_000_000])
+def test_hf_engine_matches_a_manual_unbatched_pass(tiny_model_dir, hf_backend, batch_tokens, share_prefix):
+    # batch_tokens 1: one prompt a batch; 1e6: all in one left-padded batch
+    backend = HFBackend.load(tiny_model_dir, batch_tokens=batch_tokens, share_prefix=share_prefix)
+    engine = ScoringEngine(backend)
     ab = engine.score(PROMPTS, AB)
     digits = engine.score(PROMPTS, {"1": ["1"], "2": ["2"], "10": ["10"]})
     for prompt, r_ab, r_digits in zip(PROMPTS, ab, digits):
@@ -185,15 +198,18 @@ def test_hf_model_is_not_uniform_so_the_comparison_means_something(hf_backend):
 
 
 def test_hf_token_logprobs_keeps_request_order(hf_backend):
+    """Raw reads, in request order, from long/short and prefix-sharing sequences, against one-by-one passes."""
     from rlaif.backends import TokenRequest
 
     tok = hf_backend.tokenizer
-    long_ids = tuple(tok.encode(PROMPTS[2]))
-    short_ids = tuple(tok.encode(PROMPTS[3]))
-    a = tok.convert_tokens_to_ids("A")
+    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
+    seqs = [tuple(tok.encode(PROMPTS[i])) for i in (2, 6, 3, 4)]
+    reads = [((len(seqs[0]) - 1, a), (2, b)), ((len(seqs[1]) - 1, b),), ((len(seqs[2]) - 1, a),),
+             ((len(seqs[3]) - 4, b), (len(seqs[3]) - 1, a))]
     hf_backend.batch_tokens = 1_000_000
-    out = hf_backend.token_logprobs([TokenRequest(long_ids, ((len(long_ids) - 1, a), (2, a))),
-                                     TokenRequest(short_ids, ((len(short_ids) - 1, a),))])
-    assert out[0][0] == pytest.approx(manual_next_logprobs(hf_backend.model, list(long_ids))[a].item(), abs=1e-5)
-    assert out[0][1] == pytest.approx(manual_next_logprobs(hf_backend.model, list(long_ids[:3]))[a].item(), abs=1e-5)
-    assert out[1][0] == pytest.approx(manual_next_logprobs(hf_backend.model, list(short_ids))[a].item(), abs=1e-5)
+    out = hf_backend.token_logprobs([TokenRequest(s, r) for s, r in zip(seqs, reads)])
+    expected = [[manual_next_logprobs(hf_backend.model, list(s[:pos + 1]))[t].item() for pos, t in r]
+                for s, r in zip(seqs, reads)]
+    assert [len(row) for row in out] == [2, 1, 1, 2]
+    for got, want in zip(out, expected):
+        assert got == pytest.approx(want, abs=1e-5)
