@@ -201,7 +201,10 @@ class PairGenerator:
 # -- resumable output -----------------------------------------------------------------------------------------------
 
 
-def config_digest(config: Any, skip: tuple[str, ...] = ("batch_tokens", "chunk_prompts", "cache_dir", "no_cache")) -> str:
+RUN_ONLY = ("batch_tokens", "chunk_prompts", "cache_dir", "no_cache")  # settings that do not change the output
+
+
+def config_digest(config: Any, skip: tuple[str, ...] = RUN_ONLY) -> str:
     keep = {k: v for k, v in asdict(config).items() if k not in skip}
     return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 

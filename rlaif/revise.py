@@ -86,7 +86,8 @@ class ReviseConfig:
         if self.few_shot < 0:
             raise RlaifError(f"--few-shot must be >= 0, got {self.few_shot}.")
         if self.few_shot and self.mode != "critique-revision":
-            raise RlaifError("--few-shot examples are critique/revision examples: use them with --mode critique-revision.")
+            raise RlaifError("--few-shot examples are critique/revision examples: use them with "
+                             "--mode critique-revision.")
         check_decoding(self.top_p, self.max_new_tokens, self.prompt_format)
         if self.batch_tokens < 1 or self.chunk_prompts < 1:
             raise RlaifError("--batch-tokens and --chunk-prompts must be at least 1.")
@@ -115,7 +116,8 @@ def load_generation_template(name_or_path: str | Path) -> Template:
 
 
 def load_few_shot(count: int) -> list[dict[str, str]]:
-    """The first `count` of the CAI paper's few-shot critique/revision examples (templates/cai_critique_fewshot.yaml)."""
+    """The first `count` of the CAI paper's few-shot critique/revision examples,
+    from templates/cai_critique_fewshot.yaml."""
     if count == 0:
         return []
     data = yaml.safe_load((data_dir("templates") / FEW_SHOT_FILE).read_text(encoding="utf-8"))
@@ -186,7 +188,8 @@ class Reviser:
                    "current": text, "initial": text, "rounds": [], "history": []} for p, text in zip(prompts, initial)]
         step = self._critique_round if self.config.mode == "critique-revision" else self._check_round
         for round_ in range(1, self.config.rounds + 1):
-            step(states, round_, [choose_critique(self.constitution, self.config.seed, s["id"], round_) for s in states])
+            chosen = [choose_critique(self.constitution, self.config.seed, s["id"], round_) for s in states]
+            step(states, round_, chosen)
         return [{"id": s["id"], "prompt": s["prompt"], "mode": self.config.mode, "initial": s["initial"],
                  "rounds": s["rounds"], "final": s["current"]} for s in states]
 

@@ -47,9 +47,11 @@ class ChainJudge:
         for chain in chains:
             before = chain["initial"]
             for step in chain["rounds"]:
-                jobs.append((step, "p_better", _pair(f"{chain['id']}:round{step['round']}", chain, step["revision"], before)))
+                pair = _pair(f"{chain['id']}:round{step['round']}", chain, step["revision"], before)
+                jobs.append((step, "p_better", pair))
                 before = step["revision"]
-            jobs.append((chain, "p_final_better", _pair(f"{chain['id']}:final", chain, chain["final"], chain["initial"])))
+            pair = _pair(f"{chain['id']}:final", chain, chain["final"], chain["initial"])
+            jobs.append((chain, "p_final_better", pair))
         changed = [pair for _, _, pair in jobs if pair["response_a"].strip() != pair["response_b"].strip()]
         p_a = {label.id: label.p_a for label in self.labeller.label(changed)} if changed else {}
         for record, key, pair in jobs:

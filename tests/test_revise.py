@@ -96,7 +96,8 @@ def test_check_as_context_keeps_answers_and_checks_in_context(make_fake, tmp_pat
     assert [(r["verdict"], r["check"], r["revision"]) for r in hello["rounds"]] == [
         ("bad", "Verdict: bad. It is rude", "bad answer")] * 2
     second_check = [p for p in backend.generated_for if p.endswith("Verdict:") and "Human: hello" in p][1]
-    assert second_check.count("Check: Verdict: bad. It is rude") == 1 and second_check.count("Assistant: bad answer") == 2
+    assert second_check.count("Check: Verdict: bad. It is rude") == 1
+    assert second_check.count("Assistant: bad answer") == 2
     assert {c["rounds"][0]["verdict"] for c in read_rows(tmp_path / "k.jsonl")} == {"bad", "good"}
     assert parse_verdict(" Good, it is kind") == "good" and parse_verdict(" maybe") == "unclear"
 

@@ -20,7 +20,8 @@ _HELP = {f.name: f.metadata.get("help", "") for f in fields(GenerateConfig)}
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(),
               help="Prompts: JSONL, CSV, Parquet or a saved HF dataset with a `prompt` column (id optional).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL of pairs (+ OUT.meta.json).")
-@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN", help="Read FIELD from another column, e.g. prompt=instruction.")
+@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN",
+              help="Read FIELD from another column, e.g. prompt=instruction.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
 @click.option("--resume", is_flag=True, help="Continue an existing --out file (done prompts are kept, not redone).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (cached samples are still reused).")

@@ -34,14 +34,16 @@ def revise_options(func: Any) -> Any:
         click.option("--check-template", default="check-as-context", help=_HELP["check_template"]),
         click.option("--judge", default=None, help=_HELP["judge"]),
         click.option("--judge-constitution", default=None, help=_HELP["judge_constitution"]),
-        click.option("--judge-principles", type=click.Choice(["all", "one", "k"]), default="k", help=_HELP["judge_principles"]),
+        click.option("--judge-principles", type=click.Choice(["all", "one", "k"]), default="k",
+                     help=_HELP["judge_principles"]),
         click.option("--judge-k", type=click.IntRange(min=1), default=4, help=_HELP["judge_k"]),
         click.option("--judge-template", default="cai-choice", help=_HELP["judge_template"]),
         click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"]),
         click.option("--chunk-prompts", type=click.IntRange(min=1), default=16, help=_HELP["chunk_prompts"]),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"]),
         click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"]),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help=_HELP["dtype"]),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                     help=_HELP["dtype"]),
     ]
     for option in reversed(options):
         func = option(func)
@@ -53,7 +55,8 @@ def revise_options(func: Any) -> Any:
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(),
               help="Prompts: JSONL, CSV, Parquet or a saved HF dataset with a `prompt` column (id optional).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL of chains (+ OUT.meta.json).")
-@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN", help="Read FIELD from another column, e.g. prompt=instruction.")
+@click.option("--column-map", multiple=True, metavar="FIELD=COLUMN",
+              help="Read FIELD from another column, e.g. prompt=instruction.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
 @click.option("--resume", is_flag=True, help="Continue an existing --out file (done prompts are kept, not redone).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (cached generations are still reused).")
