@@ -78,6 +78,12 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
 
 
 @pytest.fixture(scope="session")
+def save_model(tiny_tokenizer):
+    """save_model(path, seed=0): a tiny Llama on the shared tokenizer, saved to `path` (e.g. to retrain in place)."""
+    return lambda path, seed=0: save_tiny_llama(Path(path), tiny_tokenizer, seed)
+
+
+@pytest.fixture(scope="session")
 def no_ab_model_dir(tmp_path_factory) -> str:
     """A tiny model whose tokenizer has no "A" and no "B" token: it cannot spell the CAI options."""
     tokenizer = make_tokenizer([w for w in WORDS if w not in ("A", "B")])
