@@ -120,6 +120,18 @@ def test_overwrite_replaces_the_output(tiny_model_dir, pairs_file, tmp_path):
     assert len(lines(out)) == 3 and all(set(r["by_principle"]) == {"mlk-gandhi", "most-hhh"} for r in lines(out))
 
 
+def test_cot_on_a_tiny_model(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    result = run("--input", pairs_file, "--out", str(out), "--model", tiny_model_dir, "--principles", "one",
+                 "--cot", "--max-rationale-tokens", "4", "--clamp-low", "0.45", "--clamp-high", "0.55", "--no-cache")
+    assert result.exit_code == 0, result.output
+    for row in lines(out):
+        assert 0.45 <= row["p_a"] <= 0.55
+        [(pid, rationales)] = row["rationale"].items()
+        assert list(row["by_principle"]) == [pid] and len(rationales) == 2 and all(isinstance(r, str) for r in rationales)
+    assert json.loads((tmp_path / "labels.jsonl.meta.json").read_text())["template"] == "cai-choice-cot"
+
+
 # ---- one-line errors ------------------------------------------------------------------------------------
 
 def test_missing_input_file(tiny_model_dir, tmp_path):
