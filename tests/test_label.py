@@ -230,8 +230,8 @@ def test_cot_needs_a_template_with_an_answer_stub():
 
 # ---- label_pairs: files, resume, overwrite -----------------------------------------------------------
 
-PAIRS = [{**PAIR, "id": f"p{i}", "prompt": f"Human: hello {i}", "response_a": "good" if i % 2 else "bad", "response_b": "bad" if i % 2 else "good"}
-         for i in range(5)]
+PAIRS = [{**PAIR, "id": f"p{i}", "prompt": f"Human: hello {i}",
+          "response_a": "good" if i % 2 else "bad", "response_b": "bad" if i % 2 else "good"} for i in range(5)]
 
 
 def lines(path: Path) -> list[dict]:

@@ -128,7 +128,8 @@ def test_cot_on_a_tiny_model(tiny_model_dir, pairs_file, tmp_path):
     for row in lines(out):
         assert 0.45 <= row["p_a"] <= 0.55
         [(pid, rationales)] = row["rationale"].items()
-        assert list(row["by_principle"]) == [pid] and len(rationales) == 2 and all(isinstance(r, str) for r in rationales)
+        assert list(row["by_principle"]) == [pid] and len(rationales) == 2
+        assert all(isinstance(r, str) for r in rationales)
     assert json.loads((tmp_path / "labels.jsonl.meta.json").read_text())["template"] == "cai-choice-cot"
 
 

@@ -133,8 +133,8 @@ def test_generate_is_cached_by_prompt_and_sample(make_fake, tmp_path):
 # Two groups of prompts share a long prefix (as the orders and principles of one pair do), with suffixes of
 # different lengths; the others stand alone. Batched, shared-prefix and one-by-one runs must all agree.
 CONVERSATION = ("Consider the following conversation between a human and an assistant : Human : what is two plus "
-                "two ? Assistant : four . Human : hello bye yes no good bad ok what ? Assistant : ok . Human : what is two "
-                "plus four ? Assistant : no . ")
+                "two ? Assistant : four . Human : hello bye yes no good bad ok what ? Assistant : ok . "
+                "Human : what is two plus four ? Assistant : no . ")
 PROMPTS = [
     "The answer is : (",
     "Human : hello",
