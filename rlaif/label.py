@@ -83,9 +83,15 @@ class Labeller:
         if len(self.template.options) != 2:
             raise RlaifError(f"Template {self.template.name!r} has {len(self.template.options)} options; pairwise labels need 2.")
         self._check_template()
+        examples = self.constitution.cot_few_shot if config.cot else self.constitution.few_shot
+        if config.few_shot > len(examples):
+            kind = "chain-of-thought few-shot" if config.cot else "few-shot"
+            raise RlaifError(f"--few-shot {config.few_shot} asks for more examples than constitution "
+                             f"{self.constitution.name!r} has ({len(examples)} {kind}); use at most {len(examples)}.")
         self.backend = backend or load_backend(config.model, dtype=config.dtype, batch_tokens=config.batch_tokens)
         cache = NullCache() if config.no_cache else ResultCache(Path(config.cache_dir or cache_root()) / "results.sqlite")
         self.engine = ScoringEngine(self.backend, cache)
+        self.engine.table(self.template.option_spellings())  # a tokenizer that cannot spell the options fails now
 
     def _check_template(self) -> None:
         """Render once with dummy values so a template with an unknown variable fails before the model loads."""

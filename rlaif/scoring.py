@@ -38,7 +38,10 @@ class SpellingTable:
         self.owner: dict[str, str] = {}
         for option, texts in spellings.items():
             for text in texts:
-                self.ids[text] = spell(tokenizer, text, model_id)
+                ids = spell(tokenizer, text, model_id)
+                if any(self.ids[t] == ids and self.owner[t] == option for t in self.ids):
+                    continue  # another spelling of this option is the same tokens: count it once
+                self.ids[text] = ids
                 self.owner[text] = option
         by_ids: dict[tuple[int, ...], str] = {}
         for text, ids in self.ids.items():

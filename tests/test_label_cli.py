@@ -222,8 +222,6 @@ def test_unknown_config_key(pairs_file, tmp_path):
     assert_one_line_error(result, "unknown option(s) modle")
 
 
-@pytest.mark.xfail(strict=True, reason="--config keys must match the flags, but --input's parameter is named "
-                                       "input_path, so `input:` in the YAML is rejected as unknown")
 def test_config_file_keys_are_the_flag_names(tiny_model_dir, pairs_file, tmp_path):
     config = tmp_path / "label.yaml"
     out = tmp_path / "labels.jsonl"
@@ -233,8 +231,6 @@ def test_config_file_keys_are_the_flag_names(tiny_model_dir, pairs_file, tmp_pat
     assert len(lines(out)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="the model id of a local dir hashes config.json and weight file sizes only, "
-                                       "so a model retrained in place gets the old model's cached results")
 def test_model_retrained_in_place_is_not_served_stale_cache(save_model, pairs_file, tmp_path):
     model = tmp_path / "model"
     args = ["--input", pairs_file, "--model", str(model), "--principles", "one", "--cache-dir", str(tmp_path / "c")]

@@ -68,8 +68,6 @@ def test_spellings_are_read_through_their_token_paths(tiny_tokenizer):
     assert [request.reads[j] for _, j in where["10"]] == [(end, one), (end + 1, zero)]
 
 
-@pytest.mark.xfail(strict=True, reason="SpellingTable counts two spellings of one option twice when the tokenizer "
-                                       "gives them the same ids ('A' and ' A' on a word-level tokenizer): mass > 1")
 def test_spellings_with_identical_tokens_count_once(make_fake):
     fake = make_fake([("hello", {"A": 0.5, "B": 0.3})])
     [result] = ScoringEngine(fake).score(["Human : hello"], {"A": ["A", " A"], "B": ["B"]})

@@ -1,17 +1,29 @@
 """The transformers back end: local CPU/GPU inference, the default.
 
-`token_logprobs` sorts requests by length and packs them into left-padded
-batches under a token budget; each forward pass keeps logits only for the last
-positions it reads (`logits_to_keep`), so the vocabulary projection is paid
-for a handful of positions, not the whole prompt.
+`token_logprobs` has two paths that give the same log-probs (to float rounding):
+
+* plain: requests sorted by length, cut into left-padded batches under a token
+  budget (`length_batches`), one forward pass each;
+* shared prefix (default): the requests form a prefix tree (`prefix_tree`); a
+  span shared by several requests (the conversation of a pair, then the
+  conversation + principle of its two orders) is computed once and its
+  key/value states are reused for every continuation. Each level of the tree
+  runs in right-padded batches whose rows carry their ancestors' key/value
+  states, left-padded, as the past: every row's real tokens stay contiguous,
+  so sliding-window attention sees exactly the tokens it would in one pass.
+
+Both paths compute logits only at the positions a request reads, so the
+vocabulary projection is paid for a handful of positions, not the prompt.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import itertools
 import logging
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +36,7 @@ from rlaif.errors import RlaifError
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Reads = dict[tuple[int, int], float]  # (position, token) -> log-prob
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -37,23 +50,37 @@ def resolve_model(model: str) -> tuple[str, str]:
             raise RlaifError(f"{path} is not a model directory (no config.json): pass a saved Hugging Face model.")
         digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
         weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-        stamp = "".join(f"{w.name}:{w.stat().st_size}" for w in weights)
+        stamp = "".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
         return str(path), f"{path.resolve().name}@{digest}{hashlib.sha256(stamp.encode()).hexdigest()[:6]}"
     return model, model
+
+
+@dataclass
+class ForwardStats:
+    """What the scoring forward passes cost: passes, real tokens computed, rows x width, logit rows."""
+
+    forwards: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    logit_rows: int = 0
 
 
 class HFBackend:
     """A causal LM from transformers behind the `Backend` protocol."""
 
+    batch_overhead_tokens = 64  # one forward pass's fixed cost, in tokens: where cutting a batch pays off
+
     def __init__(self, model: Any, tokenizer: Any, model_id: str, batch_tokens: int = 8192,
-                 share_prefix: bool = True, min_prefix: int = 32):
+                 share_prefix: bool = True, min_prefix: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.batch_tokens = batch_tokens
-        self.share_prefix = share_prefix
-        self.min_prefix = min_prefix
+        self.share_prefix = share_prefix and not getattr(model, "_is_stateful", False)
+        self.min_prefix = min_prefix  # a shared span is computed once when that saves at least this many tokens
         self.device = next(model.parameters()).device
+        self.stats = ForwardStats()
+        self._row_keep: bool | None = None  # does the model take per-row `logits_to_keep`? (probed once)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -68,55 +95,108 @@ class HFBackend:
             tokenizer = AutoTokenizer.from_pretrained(path)
             lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
             raise RlaifError(f"Cannot load model {model!r}: {first}. Pass `default`, a local model directory "
                              "or a Hugging Face id you can reach.") from err
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype != "float32":  # other numbers: cached results must not mix
+            model_id = f"{model_id}:{dtype}"
         return cls(lm.to(device), tokenizer, model_id, batch_tokens, share_prefix=share_prefix)
 
     @torch.inference_mode()
     def token_logprobs(self, requests: list[TokenRequest]) -> list[list[float]]:
-        results: list[list[float]] = [[] for _ in requests]
-        plain = list(range(len(requests)))
+        merged: dict[tuple[int, ...], set[tuple[int, int]]] = {}  # identical sequences run once
+        for r in requests:
+            merged.setdefault(tuple(r.ids), set()).update(r.reads)
+        seqs = [s for s in merged if merged[s]]
+        reads = [sorted(merged[s]) for s in seqs]
         if self.share_prefix:
-            groups, plain = prefix_groups(requests, self.min_prefix)
-            for prefix_len, members in groups:
-                for i, values in zip(members, self._forward_shared(prefix_len, [requests[i] for i in members])):
-                    results[i] = values
-        order = sorted(plain, key=lambda i: len(requests[i].ids))
-        for batch in _length_batches(order, [len(r.ids) for r in requests], self.batch_tokens):
-            for i, values in zip(batch, self._forward([requests[i] for i in batch])):
-                results[i] = values
-        return results
+            values = self._tree_logprobs(seqs, reads)
+        else:
+            values = self._plain_logprobs(seqs, reads)
+        by_seq = dict(zip(seqs, values))
+        return [[by_seq[tuple(r.ids)][read] for read in r.reads] for r in requests]
 
-    def _forward(self, batch: list[TokenRequest]) -> list[list[float]]:
-        ids, mask, keep = _left_padded([r.ids for r in batch], [r.reads for r in batch], self.tokenizer.pad_token_id)
+    def _plain_logprobs(self, seqs: list[tuple[int, ...]], reads: list[list[tuple[int, int]]]) -> list[Reads]:
+        out: list[Reads] = [{} for _ in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for lo, hi in length_batches([len(seqs[i]) for i in order], self.batch_tokens, self.batch_overhead_tokens):
+            batch = order[lo:hi]
+            for i, values in zip(batch, self._forward_plain([seqs[i] for i in batch], [reads[i] for i in batch])):
+                out[i] = values
+        return out
+
+    def _forward_plain(self, seqs: list[tuple[int, ...]], reads: list[list[tuple[int, int]]]) -> list[Reads]:
+        """One left-padded batch without a cache; the last `keep` columns get logits."""
+        width = max(len(s) for s in seqs)
+        keep = max(len(s) - r[0][0] for s, r in zip(seqs, reads))
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device), logits_to_keep=keep, use_cache=False).logits
-        return _read(logits, [len(r.ids) for r in batch], [r.reads for r in batch], keep)
+        self._count(sum(len(s) for s in seqs), len(seqs) * width, len(seqs) * keep)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]).cpu()
+        return [{(p, t): logprobs[row * keep + p - (len(seq) - keep), t].item() for p, t in row_reads}
+                for row, (seq, row_reads) in enumerate(zip(seqs, reads))]
 
-    def _forward_shared(self, prefix_len: int, members: list[TokenRequest]) -> list[list[float]]:
-        """Run the shared prefix once, then every member's suffix on a copy of its key/value cache."""
-        prefix = torch.tensor([members[0].ids[:prefix_len]], device=self.device)
-        cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
-        out: list[list[float]] = []
-        longest = max(len(r.ids) for r in members) - prefix_len
-        step = max(1, self.batch_tokens // max(longest, 1))
-        for start in range(0, len(members), step):
-            chunk = members[start:start + step]
-            suffixes = [r.ids[prefix_len:] for r in chunk]
-            reads = [tuple((p - prefix_len, t) for p, t in r.reads) for r in chunk]
-            ids, mask, keep = _left_padded(suffixes, reads, self.tokenizer.pad_token_id)
-            positions = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
-            full_mask = torch.cat([torch.ones((len(chunk), prefix_len), dtype=torch.long), mask], dim=1)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(chunk))
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=full_mask.to(self.device),
-                                position_ids=positions.to(self.device), past_key_values=past, use_cache=True,
-                                logits_to_keep=keep).logits
-            out.extend(_read(logits, [len(s) for s in suffixes], reads, keep))
+    def _tree_logprobs(self, seqs: list[tuple[int, ...]], reads: list[list[tuple[int, int]]]) -> list[Reads]:
+        """Level by level through the prefix tree; shared spans once, their key/value states reused."""
+        if self._row_keep is None:
+            self._row_keep = self._probe_row_keep()
+        out: list[Reads] = [{} for _ in seqs]
+        for level in prefix_tree(seqs, [r[0][0] for r in reads], self.min_prefix):
+            level.sort(key=lambda n: (n.end - n.start, n.start))
+            for lo, hi in length_batches([n.end - n.start for n in level], self.batch_tokens,
+                                         self.batch_overhead_tokens):
+                self._forward_nodes(level[lo:hi], seqs, reads, out)
         return out
+
+    def _forward_nodes(self, nodes: list[Node], seqs: list[tuple[int, ...]], reads: list[list[tuple[int, int]]],
+                       out: list[Reads]) -> None:
+        """One batch of tree nodes: right-padded segments after their ancestors' key/value states."""
+        from transformers import DynamicCache  # noqa: PLC0415
+
+        rows, width, past = len(nodes), max(n.end - n.start for n in nodes), max(n.start for n in nodes)
+        ids = torch.full((rows, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((rows, past + width), dtype=torch.long)
+        for row, node in enumerate(nodes):
+            ids[row, :node.end - node.start] = torch.tensor(seqs[node.seq][node.start:node.end])
+            mask[row, past - node.start:past + node.end - node.start] = 1
+        positions = torch.tensor([n.start for n in nodes])[:, None] + torch.arange(width)
+        wanted = [[p - n.start for p, _ in reads[n.seq]] if n.leaf else [] for n in nodes]
+        keep, where = _keep_positions(wanted, width, self._row_keep)
+        cache = _past_cache(nodes, past) if past else DynamicCache()
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                            logits_to_keep=keep.to(self.device)).logits
+        self._count(sum(n.end - n.start for n in nodes), rows * width, logits.reshape(-1, logits.shape[-1]).shape[0])
+        logprobs = torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]).cpu()
+        for row, node in enumerate(nodes):
+            if node.leaf:
+                out[node.seq] = {(p, t): logprobs[where[row][p - node.start], t].item() for p, t in reads[node.seq]}
+            else:
+                node.kv = [(layer.keys[row, :, past:past + node.end - node.start].clone(),
+                            layer.values[row, :, past:past + node.end - node.start].clone()) for layer in cache.layers]
+
+    def _probe_row_keep(self) -> bool:
+        """Whether the model slices hidden states by a per-row boolean `logits_to_keep` (transformers >= 5.x)."""
+        ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        keep = torch.tensor([[False, True]], device=self.device)
+        try:
+            logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+        except (IndexError, RuntimeError, TypeError, ValueError):
+            return False
+        return logits.dim() == 2 and logits.shape[0] == 1
+
+    def _count(self, tokens: int, padded: int, logit_rows: int) -> None:
+        self.stats.forwards += 1
+        self.stats.tokens += tokens
+        self.stats.padded_tokens += padded
+        self.stats.logit_rows += logit_rows
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
@@ -161,55 +241,60 @@ class HFBackend:
         return texts
 
 
-def _left_padded(seqs: list[tuple[int, ...]], reads: list[tuple[tuple[int, int], ...]], pad: int):
-    """Left-padded ids and mask (every row ends at the last column) and how many last positions to keep."""
-    width = max(len(s) for s in seqs)
-    keep = max(len(s) - min(p for p, _ in r) for s, r in zip(seqs, reads))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    return ids, mask, keep
+@dataclass(eq=False)
+class Node:
+    """A span of the prefix tree: tokens seqs[seq][start:end]; a leaf ends its sequence and is read."""
+
+    seq: int
+    start: int
+    end: int
+    parent: Node | None
+    leaf: bool
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)  # per layer, [heads, span, dim]
+
+    def ancestors(self) -> list[Node]:
+        chain, node = [], self.parent
+        while node is not None:
+            chain.append(node)
+            node = node.parent
+        return chain[::-1]
 
 
-def _read(logits: torch.Tensor, lengths: list[int], reads: list[tuple[tuple[int, int], ...]], keep: int) -> list[list[float]]:
-    """Log-probs of the requested tokens; kept column c holds position (length - keep + c) of each row."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-    return [[logprobs[row, pos - (length - keep), tok].item() for pos, tok in row_reads]
-            for row, (length, row_reads) in enumerate(zip(lengths, reads))]
+def prefix_tree(seqs: list[tuple[int, ...]], limits: list[int], min_saving: int) -> list[list[Node]]:
+    """The nodes of the requests' prefix tree, level by level (a level's parents are all in earlier levels).
 
-
-def prefix_groups(requests: list[TokenRequest], min_prefix: int) -> tuple[list[tuple[int, list[int]]], list[int]]:
-    """Requests sharing a token prefix of at least `min_prefix` (ending before their first read), and the rest.
-
-    Sorting the sequences puts those with a common prefix next to each other; a
-    group grows while the common prefix of all its members stays long enough.
+    Sequence i may share only its first `limits[i]` tokens (its first read needs
+    its own pass). A span common to c sequences becomes a node when computing it
+    once saves (c - 1) x span >= `min_saving` tokens; shorter spans stay in
+    their children. Sorting puts sequences with a common prefix side by side,
+    so a run's common prefix is the one of its first and last members.
     """
-    order = sorted(range(len(requests)), key=lambda i: requests[i].ids)
-    groups: list[tuple[int, list[int]]] = []
-    alone: list[int] = []
-    members: list[int] = []
-    shared = 0
+    levels: list[list[Node]] = []
 
-    def close() -> None:
-        if len(members) > 1:
-            groups.append((shared, list(members)))
-        else:
-            alone.extend(members)
+    def add(node: Node, depth: int) -> Node:
+        while len(levels) <= depth:
+            levels.append([])
+        levels[depth].append(node)
+        return node
 
-    for i in order:
-        limit = min(p for p, _ in requests[i].reads)
-        if members:
-            common = min(shared, _common_length(requests[members[0]].ids, requests[i].ids), limit)
-            if common >= min_prefix:
-                members.append(i)
-                shared = common
-                continue
-            close()
-        members, shared = [i], min(len(requests[i].ids), limit)
-    close()
-    return groups, alone
+    stack: list[tuple[list[int], Node | None, int]] = [(sorted(range(len(seqs)), key=seqs.__getitem__), None, 0)]
+    while stack:
+        members, anchor, depth = stack.pop()
+        base = anchor.end if anchor else 0
+        if len(members) == 1:
+            add(Node(members[0], base, len(seqs[members[0]]), anchor, leaf=True), depth)
+            continue
+        common = min(_common_length(seqs[members[0]], seqs[members[-1]]), min(limits[i] for i in members))
+        if (len(members) - 1) * (common - base) >= max(min_saving, 1):
+            anchor = add(Node(members[0], base, common, anchor, leaf=False), depth)
+            base, depth = common, depth + 1
+        for i in members:
+            if limits[i] <= common:
+                add(Node(i, base, len(seqs[i]), anchor, leaf=True), depth)
+        deeper = [i for i in members if limits[i] > common]
+        for _, group in itertools.groupby(deeper, key=lambda i: seqs[i][common]):
+            stack.append((list(group), anchor, depth))
+    return levels
 
 
 def _common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -220,22 +305,103 @@ def _common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return n
 
 
-def _length_batches(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """Consecutive (length-sorted) indices grouped so rows x longest length stays within `budget` tokens."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+def length_batches(lengths: list[int], budget: int, overhead: int) -> list[tuple[int, int]]:
+    """Cut ascending `lengths` into consecutive batches [lo, hi) of rows x longest <= `budget` tokens.
+
+    The cut minimises padded tokens plus `overhead` per batch (dynamic
+    programming over the sorted rows), so a batch grows while the padding it
+    adds costs less than another forward pass. A row longer than the budget
+    runs alone.
+    """
+    cost = [0.0] + [math.inf] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for hi in range(1, len(lengths) + 1):
+        longest = lengths[hi - 1]
+        most = max(1, budget // max(longest, 1))
+        for lo in range(max(0, hi - most), hi):
+            total = cost[lo] + overhead + (hi - lo) * longest
+            if total < cost[hi]:
+                cost[hi], cut[hi] = total, lo
+    batches, hi = [], len(lengths)
+    while hi > 0:
+        batches.append((cut[hi], hi))
+        hi = cut[hi]
+    return batches[::-1]
+
+
+def _keep_positions(wanted: list[list[int]], width: int, per_row: bool) -> tuple[torch.Tensor, list[dict[int, int]]]:
+    """`logits_to_keep` for the columns each row reads, and where each (row, column) lands in the flat logits.
+
+    Per row: a boolean mask, logits come back flattened row by row. Otherwise the
+    union of the columns for every row (older models slice one column list).
+    """
+    if per_row:
+        keep = torch.zeros((len(wanted), width), dtype=torch.bool)
+        where, flat = [], 0
+        for row, cols in enumerate(wanted):
+            unique = sorted(set(cols))
+            keep[row, unique] = True
+            where.append({c: flat + k for k, c in enumerate(unique)})
+            flat += len(unique)
+        return keep, where
+    union = sorted({c for cols in wanted for c in cols})
+    return torch.tensor(union, dtype=torch.long), [{c: row * len(union) + k for k, c in enumerate(union)}
+                                                    for row in range(len(wanted))]
+
+
+def _past_cache(nodes: list[Node], past: int):
+    """A cache of plain (full) layers holding each row's ancestors' key/value states, left-padded to `past`."""
+    from transformers import DynamicCache  # noqa: PLC0415
+
+    chains = [n.ancestors() for n in nodes]
+    some = next(chain[0] for chain in chains if chain)
+    layers = []
+    for layer, (k0, v0) in enumerate(some.kv):
+        keys = k0.new_zeros((len(nodes), k0.shape[0], past, k0.shape[-1]))
+        values = v0.new_zeros((len(nodes), v0.shape[0], past, v0.shape[-1]))
+        for row, (node, chain) in enumerate(zip(nodes, chains)):
+            offset = past - node.start
+            for a in chain:
+                keys[row, :, offset + a.start:offset + a.end] = a.kv[layer][0]
+                values[row, :, offset + a.start:offset + a.end] = a.kv[layer][1]
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def default_threads() -> int:
+    """Physical cores this process may use: its CPU affinity (one thread per core), capped by a cgroup quota."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    count = len(cores)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def set_threads(threads: int | None) -> None:
-    """Use every core for intra-op work unless told otherwise (`RLAIF_THREADS` or `threads`)."""
-    wanted = threads or int(os.environ.get("RLAIF_THREADS", "0")) or os.cpu_count() or 1
+    """Intra-op threads: `threads`, else `RLAIF_THREADS`, else `default_threads()`; one inter-op thread.
+
+    On a machine other processes share, fewer threads than cores can be much
+    faster (spinning OpenMP threads wait for a descheduled sibling); set
+    RLAIF_THREADS, or OMP_WAIT_POLICY=PASSIVE before Python starts.
+    """
+    wanted = threads or int(os.environ.get("RLAIF_THREADS", "0")) or default_threads()
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or inter-op work has started
+        pass

@@ -15,12 +15,20 @@ from rlaif.errors import RlaifError
 def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if not value:
         return
-    valid = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    # YAML keys are the flags without `--` (dashes or underscores); the parameter may be named otherwise.
+    names: dict[str, str] = {}
+    for param in ctx.command.params:
+        if not param.name or param.name == "config":
+            continue
+        flags = [o for o in param.opts if o.startswith("--")] or [param.name]
+        for flag in flags:
+            names[flag.lstrip("-").split("/")[0].replace("-", "_")] = param.name
+        names.setdefault(param.name, param.name)
     try:
-        values = load_yaml_config(value, valid)
+        values = load_yaml_config(value, set(names))
     except RlaifError as err:
         raise click.BadParameter(str(err)) from err
-    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in values.items()}}
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
