@@ -62,8 +62,12 @@ def builtin_templates() -> list[str]:
     return sorted(p.stem.replace("_", "-") for p in data_dir("templates").glob("*.j2"))
 
 
-def load_template(name_or_path: str | Path) -> Template:
-    """A built-in template by name (`cai-choice`) or a user's .j2 file by path (sandboxed)."""
+def load_template(name_or_path: str | Path, answers: bool = True) -> Template:
+    """A built-in template by name (`cai-choice`) or a user's .j2 file by path (sandboxed).
+
+    `answers=True` (scoring templates) requires the rlaif header with the answer
+    options; generation templates (critique, revision) have none.
+    """
     path = Path(name_or_path)
     user = bool(path.suffix)
     if not user:
@@ -76,7 +80,7 @@ def load_template(name_or_path: str | Path) -> Template:
     if not path.exists():
         raise RlaifError(f"Template file {path} does not exist: check the path.")
     source = path.read_text(encoding="utf-8")
-    header = _parse_header(source, path)
+    header = _parse_header(source, path) if answers else {"options": []}
     env_class = SandboxedEnvironment if user else jinja2.Environment
     env = env_class(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
     try:

@@ -15,7 +15,6 @@ labelled by the feedback model (see revise_judge.py).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections import Counter
@@ -23,9 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
 from tqdm import tqdm
 
 from rlaif import __version__
@@ -36,7 +33,7 @@ from rlaif.generate import (check_decoding, chunks, config_digest, open_engine, 
                             read_meta, render_prompt, render_request, resolve_prompt_format, trim_response)
 from rlaif.io import RecordWriter, meta_path, read_rows, write_json
 from rlaif.label import format_conversation
-from rlaif.prompts import Template
+from rlaif.prompts import Template, load_template
 from rlaif.resources import data_dir
 
 MODES = ("critique-revision", "check-as-context")
@@ -95,24 +92,7 @@ class ReviseConfig:
 
 def load_generation_template(name_or_path: str | Path) -> Template:
     """A generation template (no rlaif header): built-in by name, or a user's .j2 file rendered sandboxed."""
-    path = Path(name_or_path)
-    user = bool(path.suffix)
-    if not user:
-        path = data_dir("templates") / f"{str(name_or_path).replace('-', '_')}.j2"
-        if not path.exists():
-            raise RlaifError(f"Unknown template {str(name_or_path)!r}. Built-in generation templates: cai-critique, "
-                             "cai-revision, check-as-context; or pass a .j2 file path.")
-    if not path.exists():
-        raise RlaifError(f"Template file {path} does not exist: check the path.")
-    source = path.read_text(encoding="utf-8")
-    env_class = SandboxedEnvironment if user else jinja2.Environment
-    env = env_class(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-    try:
-        compiled = env.from_string(source)
-    except jinja2.TemplateSyntaxError as err:
-        raise RlaifError(f"Template {path} has a syntax error at line {err.lineno}: {err.message}.") from err
-    return Template(name=str(name_or_path), source=source, options=[], spellings=[], answer_stub="",
-                    sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(), _template=compiled)
+    return load_template(name_or_path, answers=False)
 
 
 def load_few_shot(count: int) -> list[dict[str, str]]:

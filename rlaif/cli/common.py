@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import fields
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,20 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
         callback=_apply_config,
         help="YAML file of option values (keys as the flags, without --). Flags override it.",
     )(func)
+
+
+def field_option_factory(config_class: type) -> Callable[..., Any]:
+    """`option(flag, field_name, **click_kwargs)`: a click option whose help and default come from
+    the config dataclass's field, so flags and config fields match one to one."""
+    helps = {f.name: f.metadata.get("help", "") for f in fields(config_class)}
+    defaults = {f.name: f.default for f in fields(config_class)}
+
+    def option(flag: str, name: str, **kwargs: Any) -> Callable[..., Any]:
+        if "required" not in kwargs and "is_flag" not in kwargs:
+            kwargs.setdefault("default", defaults[name])
+        return click.option(flag, name, help=helps[name], **kwargs)
+
+    return option
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:

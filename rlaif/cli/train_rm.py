@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import click
 
-from rlaif.cli.common import config_option, one_line_errors
+from rlaif.cli.common import config_option, field_option_factory, one_line_errors
 from rlaif.reward_model import TrainRMConfig
 
-_HELP = {f.name: f.metadata.get("help", "") for f in fields(TrainRMConfig)}
-_DEFAULTS = {f.name: f.default for f in fields(TrainRMConfig)}
+_option = field_option_factory(TrainRMConfig)
 _POSITIVE = click.IntRange(min=1)
-
-
-def _option(flag: str, name: str, **kwargs: Any) -> Any:
-    """A click option whose help and default come from TrainRMConfig's field `name`."""
-    if "required" not in kwargs and "is_flag" not in kwargs:
-        kwargs.setdefault("default", _DEFAULTS[name])
-    return click.option(flag, name, help=_HELP[name], **kwargs)
 
 
 @click.command("train-rm")
