@@ -72,8 +72,8 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
             raise RlaifError(_unknown("constitution", str(name_or_path), builtin_constitutions(), "built-ins") +
                              " Or pass the path of a YAML file.")
         path = builtin
-    if not path.exists():
-        raise RlaifError(f"Constitution file {path} does not exist: check the path, or use a built-in "
+    if not path.is_file():
+        raise RlaifError(f"Constitution file {path} does not exist or is not a file: check the path, or use a built-in "
                          f"({', '.join(builtin_constitutions())}).")
     text = path.read_text(encoding="utf-8")
     try:

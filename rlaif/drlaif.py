@@ -25,7 +25,8 @@ from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
 from rlaif.constitution import load_constitution
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, done_ids, meta_path, read_rows, write_json
+from rlaif.generate import config_digest, prepare_output
+from rlaif.io import RecordWriter, as_text, meta_path, read_jsonl, write_json
 from rlaif.label import format_conversation
 from rlaif.prompts import load_template
 from rlaif.records import Score
@@ -107,26 +108,16 @@ def score_of(results: list[OptionResult]) -> tuple[float, float, dict[str, float
 
 
 def _text(item: Any) -> str:
-    """TRL passes plain strings or conversations (lists of {role, content}); render the latter as Human/Assistant turns."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        return str(item.get("content", ""))
-    if isinstance(item, list):
-        if len(item) == 1 and item[0].get("role") == "assistant":
-            return str(item[0].get("content", ""))  # a completion
-        names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-        return "\n\n".join(f"{names.get(m.get('role'), m.get('role'))}: {m.get('content', '')}" for m in item)
-    raise RlaifError(f"Cannot read a prompt or completion of type {type(item).__name__}; pass text or chat messages.")
+    """TRL passes plain strings or conversations (lists of {role, content}); render the latter as turns."""
+    return as_text(item, "a prompt or completion")
 
 
 def score_records(records: list[dict[str, str]], config: ScoreConfig, out: str | Path, overwrite: bool = False,
                   backend: Backend | None = None, chunk: int = 16, progress: bool = True) -> list[dict[str, Any]]:
     """Score `records` (id, prompt, response), appending Score rows to `out`; resumes what is there."""
     out = Path(out)
-    if overwrite and out.exists():
-        out.unlink()
-    done = done_ids(out)
+    digest = config_digest(config, skip=("batch_tokens", "cache_dir", "no_cache"))
+    done = prepare_output(out, digest, overwrite)
     todo = [r for r in records if r["id"] not in done]
     started = time.time()
     if todo:
@@ -134,7 +125,7 @@ def score_records(records: list[dict[str, str]], config: ScoreConfig, out: str |
         meta = {"model": scorer.backend.model_id, "template": scorer.template.name, "template_sha256": scorer.template.sha256,
                 "constitution": scorer.constitution.name, "constitution_sha256": scorer.constitution.sha256,
                 "principles": [p.id for p in scorer.principles], "rlaif_version": __version__}
-        write_json(meta_path(out), {"config": asdict(config), **meta, "status": "running"})
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest, **meta, "status": "running"})
         with RecordWriter(out) as writer, tqdm(total=len(records), initial=len(records) - len(todo), unit="response",
                                                desc="score", disable=not progress) as bar:
             for start in range(0, len(todo), chunk):
@@ -144,9 +135,9 @@ def score_records(records: list[dict[str, str]], config: ScoreConfig, out: str |
                     writer.write(asdict(Score(id=record["id"], prompt=record["prompt"], response=record["response"],
                                               score=score, mean_rating=mean, p_ratings=probs, option_mass=mass, meta=meta)))
                 bar.update(len(part))
-        write_json(meta_path(out), {"config": asdict(config), **meta, "status": "done", "scored_this_run": len(todo),
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest, **meta, "status": "done", "scored_this_run": len(todo),
                                     "seconds_this_run": round(time.time() - started, 2)})
-    rows = {row["id"]: row for row in read_rows(out)} if out.exists() else {}
+    rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
     missing = [r["id"] for r in records if r["id"] not in rows]
     if missing:
         raise RlaifError(f"{len(missing)} response(s) have no score in {out}; rerun the same command to finish them.")

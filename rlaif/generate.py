@@ -31,7 +31,7 @@ from rlaif.backends import Backend, GenerationSettings, load_backend
 from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, meta_path, read_rows, repair_tail, write_json
+from rlaif.io import RecordWriter, drop_last_group, meta_path, read_jsonl, repair_tail, write_json
 from rlaif.label import format_conversation
 from rlaif.scoring import ScoringEngine
 
@@ -218,8 +218,11 @@ def prepare_output(out: Path, digest: str, overwrite: bool, key: str = "id") -> 
     old = read_meta(out).get("config_digest")
     if old and old != digest:
         raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
-    repair_tail(out)
-    return {str(row[key]) for row in read_rows(out) if key in row} if out.stat().st_size else set()
+    if key != "id" and read_meta(out).get("status") != "done":
+        drop_last_group(out, key)  # a killed run may have cut the last prompt's pairs short: redo it (from the cache)
+    else:
+        repair_tail(out)
+    return {str(row[key]) for row in read_jsonl(out) if key in row}
 
 
 def read_meta(out: Path) -> dict[str, Any]:
@@ -265,7 +268,7 @@ def generate_pairs(prompts: list[dict[str, str]], config: GenerateConfig, out: s
     cache = generator.engine.cache
     summary = {
         "status": "done", "prompts": len(prompts), "prompts_this_run": len(todo), "pairs_this_run": written,
-        "pairs_in_file": sum(1 for _ in read_rows(out)) if out.stat().st_size else 0,
+        "pairs_in_file": sum(1 for _ in read_jsonl(out)),
         "dropped_identical": dropped["identical"], "dropped_duplicate": dropped["duplicate"],
         "dropped_empty": dropped["empty"], "samples_from_cache": cache.hits,
         "samples_generated": cache.misses if isinstance(cache, ResultCache) else len(todo) * config.n,

@@ -45,17 +45,33 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             frame = pd.read_csv(path, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
             return frame.to_dict(orient="records")
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, list):
-                return data
-        return list(_iter_jsonl(path))
-    except (OSError, UnicodeDecodeError) as err:
-        raise RlaifError(f"Cannot read {path}: {err}.") from err
+            rows = _read_json_list(path)
+            if rows is not None:
+                return rows
+        return list(read_jsonl(path))
     except ImportError as err:
-        raise RlaifError(f"Reading {suffix} files needs pandas: pip install pandas.") from err
+        raise RlaifError(f"Reading {suffix} files needs pandas and pyarrow: pip install pandas pyarrow.") from err
+    except RlaifError:
+        raise
+    except (OSError, ValueError) as err:  # pandas' ParserError/EmptyDataError and pyarrow's errors are ValueErrors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RlaifError(f"Cannot read {path} as {suffix.lstrip('.') or 'JSONL'}: {first}. Check the file.") from err
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _read_json_list(path: Path) -> list[dict[str, Any]] | None:
+    """A .json file holding one list of objects, or None when it is JSON Lines after all."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise RlaifError(f"{path} must hold a list of JSON objects (or one object a line).")
+    return data
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON Lines file (rlaif's own outputs are always JSONL, whatever their suffix)."""
+    path = Path(path)
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -111,11 +127,8 @@ def read_records(
     records = []
     seen: set[str] = set()
     for number, row in enumerate(rows, 1):
-        record = {name: row.get(col) for name, col in source.items()}
+        record = {name: as_text(row.get(col), f"{path} record {number}: field {name!r}") for name, col in source.items()}
         for name, value in record.items():
-            if not isinstance(value, str):
-                value = "" if value is None else str(value)
-                record[name] = value
             if not value.strip():
                 raise RlaifError(f"{path} record {number}: field {name!r} is empty; remove the record or fill it in.")
         raw_id = row.get(id_col)
@@ -130,13 +143,47 @@ def read_records(
     return records
 
 
+def as_text(value: Any, where: str) -> str:
+    """A text field: strings as they are, numbers as text, chat messages (TRL's conversational
+    format, a list of {role, content}) as "Human: ... / Assistant: ..." turns."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict) and "content" in value:
+        value = [value]
+    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+        if len(value) == 1 and value[0].get("role") in (None, "assistant"):
+            return str(value[0]["content"])
+        names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+        return "\n\n".join(f"{names.get(m.get('role'), m.get('role') or 'Human')}: {m['content']}" for m in value)
+    raise RlaifError(f"{where} is a {type(value).__name__}, not text or chat messages; convert it to a string.")
+
+
 def done_ids(path: str | Path) -> set[str]:
     """Ids already written to an output file; a torn last line (a killed write) is cut off."""
     path = Path(path)
     if not path.exists():
         return set()
     repair_tail(path)
-    return {row["id"] for row in _iter_jsonl(path) if "id" in row}
+    return {row["id"] for row in read_jsonl(path) if "id" in row}
+
+
+def drop_last_group(path: Path, key: str) -> None:
+    """Cut the trailing records that share the last record's `key` (a group a kill may have split);
+    the resumed run redoes that group, from the cache."""
+    repair_tail(path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    if not lines:
+        return
+    last = json.loads(lines[-1]).get(key)
+    keep = len(lines)
+    while keep and json.loads(lines[keep - 1]).get(key) == last:
+        keep -= 1
+    with path.open("rb+") as handle:
+        handle.truncate(sum(len(line) for line in lines[:keep]))
 
 
 def repair_tail(path: Path) -> None:
@@ -172,8 +219,12 @@ class RecordWriter:
         os.fsync(self._handle.fileno())
 
     def write_all(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            self.write(row)
+        """Several records in one write and one fsync (all of a prompt's pairs land together)."""
+        block = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if block:
+            self._handle.write(block)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         self._handle.close()

@@ -27,7 +27,7 @@ from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
 from rlaif.constitution import Constitution, Principle, choose_principles, load_constitution
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, done_ids, meta_path, read_rows, write_json
+from rlaif.io import RecordWriter, done_ids, meta_path, read_jsonl, write_json
 from rlaif.prompts import Template, load_template
 from rlaif.records import Label
 from rlaif.scoring import ScoringEngine
@@ -222,7 +222,7 @@ def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Pat
                 writer.write_all(asdict(label) for label in labeller.label(chunk))
                 bar.update(len(chunk))
     elapsed = time.time() - started
-    rows = {row["id"]: row for row in read_rows(out)} if out.exists() else {}
+    rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
     if labeller:
         write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
                                     **labeller.meta(), "status": "done", "pairs": len(rows),

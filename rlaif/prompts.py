@@ -77,8 +77,8 @@ def load_template(name_or_path: str | Path, answers: bool = True) -> Template:
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise RlaifError(f"Unknown template {str(name_or_path)!r}.{hint} Built-ins: "
                              f"{', '.join(builtin_templates())}; or pass a .j2 file path.")
-    if not path.exists():
-        raise RlaifError(f"Template file {path} does not exist: check the path.")
+    if not path.is_file():
+        raise RlaifError(f"Template file {path} does not exist or is not a file: check the path.")
     source = path.read_text(encoding="utf-8")
     header = _parse_header(source, path) if answers else {"options": []}
     env_class = SandboxedEnvironment if user else jinja2.Environment

@@ -7,8 +7,7 @@ the text, so the same pair always gets the same id (resume and seeding rely on i
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -16,32 +15,6 @@ def content_id(*texts: str) -> str:
     """A stable 16-hex id from the record's text."""
     digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()
     return digest[:16]
-
-
-@dataclass
-class Prompt:
-    id: str
-    prompt: str
-
-
-@dataclass
-class Pair:
-    """Two responses to one prompt, to be compared (the input of `rlaif label`)."""
-
-    id: str
-    prompt: str
-    response_a: str
-    response_b: str
-
-
-@dataclass
-class HumanPair:
-    """A human preference in TRL's format: `chosen` was preferred over `rejected`."""
-
-    id: str
-    prompt: str
-    chosen: str
-    rejected: str
 
 
 @dataclass
@@ -84,7 +57,3 @@ class Score:
     p_ratings: dict[str, float]
     option_mass: float
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def to_json(record: Any) -> str:
-    return json.dumps(asdict(record), ensure_ascii=False)

@@ -31,7 +31,7 @@ from rlaif.constitution import Constitution, Critique, load_constitution, pair_r
 from rlaif.errors import RlaifError
 from rlaif.generate import (check_decoding, chunks, config_digest, open_engine, prepare_output,
                             read_meta, render_prompt, render_request, resolve_prompt_format, trim_response)
-from rlaif.io import RecordWriter, meta_path, read_rows, write_json
+from rlaif.io import RecordWriter, meta_path, read_jsonl, write_json
 from rlaif.label import format_conversation
 from rlaif.prompts import Template, load_template
 from rlaif.resources import data_dir
@@ -232,7 +232,7 @@ def revise_prompts(prompts: list[dict[str, str]], config: ReviseConfig, out: str
                 judge.judge(chains)
             writer.write_all(chains)
             bar.update(len(chunk))
-    chains = read_rows(out)
+    chains = list(read_jsonl(out))
     summary = {"status": "done", "prompts": len(prompts), "prompts_this_run": len(todo), "chains_in_file": len(chains),
                **chain_counts(chains), "seconds_this_run": round(time.time() - started, 2)}
     if judge:
@@ -281,7 +281,7 @@ def export_chains(out: str | Path, kinds: list[str] | tuple[str, ...]) -> dict[s
     unknown = sorted(set(kinds) - set(EXPORTS))
     if unknown:
         raise RlaifError(f"Unknown export(s) {', '.join(unknown)}: use {' or '.join(EXPORTS)}.")
-    chains = read_rows(out)
+    chains = list(read_jsonl(out))
     written: dict[str, dict[str, Any]] = {}
     for kind in dict.fromkeys(kinds):
         rows = sft_records(chains) if kind == "sft" else preference_records(chains)

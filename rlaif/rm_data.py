@@ -131,7 +131,7 @@ def _summarise_source(records: list[dict[str, Any]]) -> dict[str, Any]:
         if meta.get("model"):
             models[str(meta["model"])] += 1
         for key, value in meta.items():
-            if key.endswith("hash") and isinstance(value, str):
+            if key.endswith(("hash", "sha256")) and isinstance(value, str):
                 hashes.setdefault(key, set()).add(value)
         if extra.get("source"):
             sources[str(extra["source"])] += 1

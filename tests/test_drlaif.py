@@ -198,3 +198,15 @@ def test_ppo_step_uses_the_drlaif_scores_of_the_decoded_texts(tiny_model_dir, tm
     assert len(seen) == len(calls) == 1
     fresh = DRLAIFScorer(ScoreConfig(model=str(tiny_model_dir), no_cache=True))
     assert seen[0].tolist() == pytest.approx(fresh(*calls[0]), abs=1e-5)
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
+    data = tmp_path / "responses.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "hi", "response": "good"}) + "\n" for i in range(2)))
+    out = tmp_path / "scores.jsonl"
+    base = ["score", "--input", str(data), "--out", str(out), "--model", str(tiny_model_dir), "--no-cache"]
+    assert CliRunner().invoke(cli, base + ["--limit", "1"]).exit_code == 0
+    other = CliRunner().invoke(cli, base + ["--principle", "ethical-moral", "--resume"])
+    assert other.exit_code == 1 and "other settings" in other.output
+    same = CliRunner().invoke(cli, base + ["--resume"])
+    assert same.exit_code == 0 and len(out.read_text().splitlines()) == 2

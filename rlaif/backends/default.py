@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -95,7 +94,3 @@ def _convert(package, target: Path) -> None:
         os.replace(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

@@ -68,7 +68,7 @@ class ForwardStats:
 class HFBackend:
     """A causal LM from transformers behind the `Backend` protocol."""
 
-    batch_overhead_tokens = 64  # one forward pass's fixed cost, in tokens: where cutting a batch pays off
+    batch_overhead_tokens = 128  # one forward pass's fixed cost, in tokens: where cutting a batch pays off
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str, batch_tokens: int = 8192,
                  share_prefix: bool = True, min_prefix: int = 16):
@@ -260,14 +260,15 @@ class Node:
         return chain[::-1]
 
 
-def prefix_tree(seqs: list[tuple[int, ...]], limits: list[int], min_saving: int) -> list[list[Node]]:
+def prefix_tree(seqs: list[tuple[int, ...]], limits: list[int], min_saving: int, min_span: int = 8) -> list[list[Node]]:
     """The nodes of the requests' prefix tree, level by level (a level's parents are all in earlier levels).
 
     Sequence i may share only its first `limits[i]` tokens (its first read needs
     its own pass). A span common to c sequences becomes a node when computing it
-    once saves (c - 1) x span >= `min_saving` tokens; shorter spans stay in
-    their children. Sorting puts sequences with a common prefix side by side,
-    so a run's common prefix is the one of its first and last members.
+    once saves (c - 1) x span >= `min_saving` tokens and it is at least
+    `min_span` long (a level costs forward passes); other spans stay in their
+    children. Sorting puts sequences with a common prefix side by side, so a
+    run's common prefix is the one of its first and last members.
     """
     levels: list[list[Node]] = []
 
@@ -285,7 +286,7 @@ def prefix_tree(seqs: list[tuple[int, ...]], limits: list[int], min_saving: int)
             add(Node(members[0], base, len(seqs[members[0]]), anchor, leaf=True), depth)
             continue
         common = min(_common_length(seqs[members[0]], seqs[members[-1]]), min(limits[i] for i in members))
-        if (len(members) - 1) * (common - base) >= max(min_saving, 1):
+        if common - base >= max(min_span, 1) and (len(members) - 1) * (common - base) >= min_saving:
             anchor = add(Node(members[0], base, common, anchor, leaf=False), depth)
             base, depth = common, depth + 1
         for i in members:

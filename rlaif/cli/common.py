@@ -29,7 +29,10 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
         values = load_yaml_config(value, set(names))
     except RlaifError as err:
         raise click.BadParameter(str(err)) from err
-    ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in values.items()}}
+    repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False) or getattr(p, "nargs", 1) != 1}
+    mapped = {names[key]: v for key, v in values.items()}
+    mapped = {k: [v] if k in repeatable and isinstance(v, (str, int, float)) else v for k, v in mapped.items()}
+    ctx.default_map = {**(ctx.default_map or {}), **mapped}
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:

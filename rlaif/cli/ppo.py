@@ -47,6 +47,9 @@ def ppo(**options: Any) -> None:
     """
     options["column_map"] = tuple(options["column_map"])
     result = run_ppo(PPORunConfig(**options))
-    click.echo(f"{result['steps']} PPO steps; mean reward {result['reward_first']:.4f} -> {result['reward_last']:.4f}.")
+    if result["reward_first"] is None:
+        click.echo(f"{result['steps']} PPO steps; no step was logged (too few prompts for one batch?).")
+    else:
+        click.echo(f"{result['steps']} PPO steps; mean reward {result['reward_first']:.4f} -> {result['reward_last']:.4f}.")
     plot = f"  plot: {result['plot']}" if result["plot"] else ""
     click.echo(f"Policy: {result['policy_dir']}  log: {result['log']}{plot}")
