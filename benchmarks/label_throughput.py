@@ -5,7 +5,10 @@ rejected) with the default model, a fixed set of k principles and both orders,
 three ways, each in its own process (so peak memory does not mix):
 
   naive   what a user writes first: per prompt `model.generate(max_new_tokens=1,
-          output_scores=True)`, then P(A) / (P(A) + P(B)) from the full-vocabulary scores;
+          output_scores=True)`, then P(A) / (P(A) + P(B)) from the full-vocabulary scores
+          (transformers' generate computes logits at the last position only);
+  naive-full  (only with --ways) the same with logits at every position, as
+          generate did before transformers 4.45;
   plain   the prompts in left-padded batches, one forward pass each, full logits
           (every position), the last position read;
   engine  rlaif's Labeller: logits only where read, length-bucketed batches,
@@ -34,7 +37,9 @@ from queue import Empty
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "human_prefs" / "hh_rlhf_harmless_base.dev.jsonl"
-WAYS = ("naive", "plain", "engine")
+WAYS = ("naive", "naive-full", "plain", "engine")
+DEFAULT_WAYS = "naive,plain,engine"
+GOALS = {"naive": 5.0, "plain": 2.5}  # the issue's targets: engine speed-up over these ways
 
 
 def load_pairs(path: Path, n: int) -> list[dict[str, str]]:
@@ -77,14 +82,17 @@ def slot_a(logprobs, options: list[list[int]], swapped: bool) -> float:
     return (second if swapped else first) / (first + second)
 
 
-def run_naive(model, tokenizer, prompts, jobs, options, args) -> tuple[list[float], dict]:
+def run_naive(model, tokenizer, prompts, jobs, options, full: bool = False) -> tuple[list[float], dict]:
+    """One `generate` call per prompt. Since transformers 4.45 generate keeps only the last position's
+    logits in the prefill; `full` passes logits_to_keep=0, what it computed before (every position)."""
     import torch  # noqa: PLC0415
 
     out = []
+    extra = {"logits_to_keep": 0} if full else {}
     for prompt, (_, _, swapped) in zip(prompts, jobs):
         enc = tokenizer(prompt, return_tensors="pt")
         gen = model.generate(**enc, max_new_tokens=1, do_sample=False, output_scores=True,
-                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, **extra)
         out.append(slot_a(torch.log_softmax(gen.scores[0][0].float(), dim=-1), options, swapped))
     return out, {}
 
@@ -149,8 +157,8 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
         rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         flops_before = matmul_flops() if way == "engine" else []
         load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-        if way == "naive":
-            values, extra = run_naive(model, tokenizer, prompts, jobs, options, args)
+        if way.startswith("naive"):
+            values, extra = run_naive(model, tokenizer, prompts, jobs, options, full=way == "naive-full")
         elif way == "plain":
             values, extra = run_plain(model, tokenizer, prompts, jobs, options, args)
         else:
@@ -177,13 +185,13 @@ def pair_means(values: list[float], pair_index: list[int]) -> list[float]:
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
     pairs, jobs = results["engine"]["pairs"], results["engine"]["pair_index"]
-    print(f"\n{'way':<8} {'seconds':>8} {'cpu s':>7} {'labels/s':>9} {'prompt tok/s':>13} {'computed tok':>13} "
+    print(f"\n{'way':<10} {'seconds':>8} {'cpu s':>7} {'labels/s':>9} {'prompt tok/s':>13} {'computed tok':>13} "
           f"{'GFLOP/s*':>9} {'peak RSS MB':>12} {'(after load)':>13} {'load avg':>10}")
     for way, r in results.items():
         computed = r.get("computed_tokens", r["prompt_tokens"])
         r.update(labels_per_s=pairs / r["seconds"], tokens_per_s=r["prompt_tokens"] / r["seconds"],
                  gflops=2 * r["nonembedding_params"] * computed / r["seconds"] / 1e9)
-        print(f"{way:<8} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} {r['labels_per_s']:>9.3f} {r['tokens_per_s']:>13.0f} "
+        print(f"{way:<10} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} {r['labels_per_s']:>9.3f} {r['tokens_per_s']:>13.0f} "
               f"{computed:>13d} {r['gflops']:>9.1f} {r['rss_peak_mb']:>12.0f} {r['rss_loaded_mb']:>13.0f} "
               f"{r['load_before']:>4.1f}->{r['load_after']:<4.1f}")
     print("* 2 x non-embedding parameters x tokens computed / seconds (the vocabulary projection and attention "
@@ -196,13 +204,17 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
     for w in ratios:
         print(f"engine is {ratios[w]:.2f}x faster than {w} (wall), {results[w]['cpu_seconds'] / base['cpu_seconds']:.2f}x "
               f"(cpu time); max |dq| per prompt {diffs[w]:.2e}, per pair p_a {pair_diff[w]:.2e}")
+    for w, goal in GOALS.items():
+        if w in ratios:
+            print(f"goal: engine >= {goal}x faster than {w}: {'met' if ratios[w] >= goal else 'NOT met'} ({ratios[w]:.2f}x)")
     same = all(d <= args.tolerance for d in diffs.values())
     print(f"same probabilities within {args.tolerance:g}: {'yes' if same else 'NO'}")
     matmul = statistics.median(base["matmul_flops"]) / 1e9
     print(f"matmul float32 2048x2048, {base['threads']} threads: median {matmul:.1f} GFLOP/s "
           f"(trials {', '.join(f'{v / 1e9:.0f}' for v in base['matmul_flops'])}); engine effective "
           f"{base['gflops']:.1f} GFLOP/s = {base['gflops'] / matmul:.0%} of it, on {base['computed_tokens']} computed "
-          f"tokens ({base['prompt_tokens']} prompt tokens, {base['forwards']} forward passes)")
+          f"tokens ({base['prompt_tokens']} prompt tokens, {base['forwards']} forward passes); goal >= 50%: "
+          f"{'met' if base['gflops'] >= matmul / 2 else 'NOT met'}")
     return {"pairs": pairs, "k": args.k, "threads": base["threads"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "speedup": {f"engine_vs_{w}": v for w, v in ratios.items()}, "max_abs_diff": diffs, "same_probabilities": same, "matmul_gflops": matmul,
             "engine_gflops": base["gflops"], "engine_share_of_matmul": base["gflops"] / matmul,
@@ -220,7 +232,9 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=8192, help="The engine's token budget per batch.")
     parser.add_argument("--plain-batch", type=int, default=4, help="Prompts per batch of the plain way.")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="Largest allowed probability difference.")
-    parser.add_argument("--ways", default=",".join(WAYS), help="Comma-separated subset of naive,plain,engine.")
+    parser.add_argument("--ways", default=DEFAULT_WAYS,
+                        help="Comma-separated ways to run, of naive, naive-full (generate with every position's "
+                             "logits, as before transformers 4.45), plain and engine.")
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found; pass --data with a JSONL of prompt/chosen/rejected rows.")

@@ -143,3 +143,18 @@ def test_threads_follow_the_environment(monkeypatch):
     set_threads(None)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(before)
+
+
+def test_a_model_whose_cache_drops_tokens_falls_back_to_the_plain_path(model_dirs, monkeypatch, caplog):
+    """A cache built from the config keeps only the last window - 1 tokens of sliding layers: no sharing then."""
+    import transformers  # noqa: PLC0415
+
+    backend = HFBackend.load(model_dirs["gemma3"])
+    requests = labelling_requests(len(backend.tokenizer))
+    real = transformers.DynamicCache
+    monkeypatch.setattr(transformers, "DynamicCache", lambda **kw: real(config=backend.model.config, **kw))
+    got = backend.token_logprobs(requests)
+    assert backend.share_prefix is False
+    assert "without prefix sharing" in caplog.text
+    for g, w in zip(got, manual_logprobs(backend.model, requests)):
+        assert g == pytest.approx(w, abs=1e-5)

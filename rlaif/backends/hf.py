@@ -55,6 +55,10 @@ def resolve_model(model: str) -> tuple[str, str]:
     return model, model
 
 
+class _NoPrefixSharing(Exception):
+    """The model's cache cannot carry a shared prefix (e.g. it drops tokens outside a window)."""
+
+
 @dataclass
 class ForwardStats:
     """What the scoring forward passes cost: passes, real tokens computed, rows x width, logit rows."""
@@ -111,8 +115,12 @@ class HFBackend:
         seqs = [s for s in merged if merged[s]]
         reads = [sorted(merged[s]) for s in seqs]
         if self.share_prefix:
-            values = self._tree_logprobs(seqs, reads)
-        else:
+            try:
+                values = self._tree_logprobs(seqs, reads)
+            except _NoPrefixSharing as why:
+                log.warning("Scoring %s without prefix sharing: %s.", self.model_id, why)
+                self.share_prefix = False
+        if not self.share_prefix:
             values = self._plain_logprobs(seqs, reads)
         by_seq = dict(zip(seqs, values))
         return [[by_seq[tuple(r.ids)][read] for read in r.reads] for r in requests]
@@ -159,6 +167,7 @@ class HFBackend:
                        out: list[Reads]) -> None:
         """One batch of tree nodes: right-padded segments after their ancestors' key/value states."""
         from transformers import DynamicCache  # noqa: PLC0415
+        from transformers.cache_utils import DynamicLayer  # noqa: PLC0415
 
         rows, width, past = len(nodes), max(n.end - n.start for n in nodes), max(n.start for n in nodes)
         ids = torch.full((rows, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -173,6 +182,8 @@ class HFBackend:
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
                             logits_to_keep=keep.to(self.device)).logits
+        if any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != past + width for layer in cache.layers):
+            raise _NoPrefixSharing("its cache does not keep every token's keys and values")
         self._count(sum(n.end - n.start for n in nodes), rows * width, logits.reshape(-1, logits.shape[-1]).shape[0])
         logprobs = torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]).cpu()
         for row, node in enumerate(nodes):
@@ -183,7 +194,7 @@ class HFBackend:
                             layer.values[row, :, past:past + node.end - node.start].clone()) for layer in cache.layers]
 
     def _probe_row_keep(self) -> bool:
-        """Whether the model slices hidden states by a per-row boolean `logits_to_keep` (transformers >= 5.x)."""
+        """Whether the model slices hidden states by a per-row boolean `logits_to_keep` (recent transformers)."""
         ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
         keep = torch.tensor([[False, True]], device=self.device)
         try:
