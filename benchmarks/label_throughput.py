@@ -12,7 +12,8 @@ three ways, each in its own process (so peak memory does not mix):
   plain   the prompts in left-padded batches, one forward pass each, full logits
           (every position), the last position read;
   engine  rlaif's Labeller: logits only where read, length-bucketed batches,
-          shared prefixes (conversation, then conversation + principle) computed once.
+          shared prefixes (conversation, then conversation + principle) computed once;
+  engine-plain  (only with --ways) the same without prefix sharing.
 
 It checks that the three give the same probabilities, and prints labels/s,
 prompt tokens/s, peak memory, the ratios, and the engine's effective FLOP/s
@@ -37,7 +38,7 @@ from queue import Empty
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "human_prefs" / "hh_rlhf_harmless_base.dev.jsonl"
-WAYS = ("naive", "naive-full", "plain", "engine")
+WAYS = ("naive", "naive-full", "plain", "engine-plain", "engine")
 DEFAULT_WAYS = "naive,plain,engine"
 GOALS = {"naive": 5.0, "plain": 2.5}  # the targets: engine speed-up over these ways
 
@@ -162,6 +163,7 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
         elif way == "plain":
             values, extra = run_plain(model, tokenizer, prompts, jobs, options, args)
         else:
+            backend.share_prefix = way == "engine"
             values, extra = run_engine(backend, pairs, jobs, [p.id for p in principles])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         flops_after = matmul_flops() if way == "engine" else []
@@ -234,7 +236,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="Largest allowed probability difference.")
     parser.add_argument("--ways", default=DEFAULT_WAYS,
                         help="Comma-separated ways to run, of naive, naive-full (generate with every position's "
-                             "logits, as before transformers 4.45), plain and engine.")
+                             "logits, as before transformers 4.45), plain, engine-plain (no prefix sharing) and engine.")
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found; pass --data with a JSONL of prompt/chosen/rejected rows.")

@@ -7,13 +7,15 @@ a cache that dropped or misplaced tokens would change the numbers.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
 
 from rlaif.backends import TokenRequest
-from rlaif.backends.hf import HFBackend, length_batches, prefix_tree, set_threads
+from rlaif.backends.hf import HFBackend, default_threads, length_batches, prefix_tree, set_threads
+from rlaif.errors import RlaifError
 
 
 def save_tiny_gemma3(path, tokenizer, sliding_window: int = 4):
@@ -142,7 +144,11 @@ def test_threads_follow_the_environment(monkeypatch):
     monkeypatch.setenv("RLAIF_THREADS", "1")
     set_threads(None)
     assert torch.get_num_threads() == 1
+    monkeypatch.setenv("RLAIF_THREADS", "all")
+    with pytest.raises(RlaifError, match="RLAIF_THREADS must be a whole number"):
+        set_threads(None)
     torch.set_num_threads(before)
+    assert 1 <= default_threads() <= (os.cpu_count() or 1)
 
 
 def test_a_model_whose_cache_drops_tokens_falls_back_to_the_plain_path(model_dirs, monkeypatch, caplog):

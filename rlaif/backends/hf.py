@@ -410,7 +410,10 @@ def set_threads(threads: int | None) -> None:
     faster (spinning OpenMP threads wait for a descheduled sibling); set
     RLAIF_THREADS, or OMP_WAIT_POLICY=PASSIVE before Python starts.
     """
-    wanted = threads or int(os.environ.get("RLAIF_THREADS", "0")) or default_threads()
+    env = os.environ.get("RLAIF_THREADS", "").strip()
+    if env and not env.isdigit():
+        raise RlaifError(f"RLAIF_THREADS must be a whole number of threads, not {env!r}; unset it to use every core.")
+    wanted = threads or int(env or "0") or default_threads()
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     try:
