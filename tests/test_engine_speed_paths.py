@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rlaif.backends import TokenRequest
-from rlaif.backends.hf import HFBackend, default_threads, length_batches, prefix_tree, set_threads
+from rlaif.backends.hf import HFBackend, default_threads, set_threads
+from rlaif.backends.prefix_tree import length_batches, prefix_tree
 from rlaif.errors import RlaifError
 
 
