@@ -19,6 +19,7 @@ from typing import Any
 
 from rlaif.backends import Backend
 from rlaif.label import LabelConfig, Labeller
+from rlaif.records import content_id
 from rlaif.revise import ReviseConfig
 
 
@@ -47,10 +48,10 @@ class ChainJudge:
         for chain in chains:
             before = chain["initial"]
             for step in chain["rounds"]:
-                pair = _pair(f"{chain['id']}:round{step['round']}", chain, step["revision"], before)
+                pair = _pair(chain, step["revision"], before)
                 jobs.append((step, "p_better", pair))
                 before = step["revision"]
-            pair = _pair(f"{chain['id']}:final", chain, chain["final"], chain["initial"])
+            pair = _pair(chain, chain["final"], chain["initial"])
             jobs.append((chain, "p_final_better", pair))
         changed = [pair for _, _, pair in jobs if pair["response_a"].strip() != pair["response_b"].strip()]
         p_a = {label.id: label.p_a for label in self.labeller.label(changed)} if changed else {}
@@ -58,8 +59,10 @@ class ChainJudge:
             record[key] = p_a.get(pair["id"], 0.5)
 
 
-def _pair(pair_id: str, chain: dict[str, Any], new: str, old: str) -> dict[str, str]:
-    return {"id": pair_id, "prompt": chain["prompt"], "response_a": new, "response_b": old}
+def _pair(chain: dict[str, Any], new: str, old: str) -> dict[str, str]:
+    """The judged pair; its id (which seeds the principle choice) comes from the texts, so the same
+    comparison (a one-round chain's round and final) gets the same principles and the same label."""
+    return {"id": f"{chain['id']}:{content_id(new, old)}", "prompt": chain["prompt"], "response_a": new, "response_b": old}
 
 
 def share_stats(values: list[float]) -> dict[str, float]:

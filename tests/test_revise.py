@@ -186,3 +186,15 @@ def test_cli_revise_exports_and_resumes(tiny_model_dir, tmp_path):
     helpful = CliRunner().invoke(cli, ["revise", "--prompts", str(prompts), "--out", str(tmp_path / "h.jsonl"),
                                        "--model", tiny_model_dir, "--constitution", "helpful"])
     assert helpful.exit_code == 1 and helpful.output.startswith("Error: Constitution 'helpful' has no critique")
+
+
+def test_same_comparison_gets_the_same_label(tiny_model_dir, make_fake, tmp_path):
+    """A one-round chain's round and its final-vs-initial compare the same texts: the judge
+    (sampling principles seeded by the pair id) must give both the same p."""
+    from rlaif.backends.hf import HFBackend
+
+    judge = HFBackend.load(str(tiny_model_dir))
+    revise_prompts(PROMPTS, config(judge="judge", judge_principles="k", judge_k=2, rounds=1), tmp_path / "one.jsonl",
+                   backend=make_fake([], rationale=policy), judge_backend=judge, progress=False)
+    for chain in read_rows(tmp_path / "one.jsonl"):
+        assert chain["rounds"][0]["p_better"] == pytest.approx(chain["p_final_better"], abs=1e-9)
