@@ -49,8 +49,10 @@ def resolve_model(model: str) -> tuple[str, str]:
         if not config.exists():
             raise RlaifError(f"{path} is not a model directory (no config.json): pass a saved Hugging Face model.")
         digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
-        weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-        stamp = "".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+        # weights, tokenizer and chat template: any change must miss the cache
+        kinds = (".safetensors", ".bin", ".json", ".model", ".jinja")
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in kinds)
+        stamp = "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
         return str(path), f"{path.resolve().name}@{digest}{hashlib.sha256(stamp.encode()).hexdigest()[:6]}"
     return model, model
 
@@ -103,6 +105,9 @@ class HFBackend:
             raise RlaifError(f"Cannot load model {model!r}: {first}. Pass `default`, a local model directory "
                              "or a Hugging Face id you can reach.") from err
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        commit = getattr(lm.config, "_commit_hash", None)
+        if model_id == model and commit:  # a hub id: pin the snapshot, so an upstream update misses the cache
+            model_id = f"{model}@{commit[:12]}"
         if dtype != "float32":  # other numbers: cached results must not mix
             model_id = f"{model_id}:{dtype}"
         return cls(lm.to(device), tokenizer, model_id, batch_tokens, share_prefix=share_prefix)
