@@ -212,6 +212,7 @@ def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Pat
     todo = [p for p in pairs if p["id"] not in done]
     started = time.time()
     labeller = Labeller(config, backend) if todo or not meta_path(out).exists() else None
+    loaded = time.time()
     if labeller:
         write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
                                     **labeller.meta(), "status": "running"})
@@ -221,12 +222,13 @@ def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Pat
             for chunk in _chunks(todo, config.chunk_pairs):
                 writer.write_all(asdict(label) for label in labeller.label(chunk))
                 bar.update(len(chunk))
-    elapsed = time.time() - started
+    finished = time.time()
     rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
     if labeller:
         write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
                                     **labeller.meta(), "status": "done", "pairs": len(rows),
-                                    "labelled_this_run": len(todo), "seconds_this_run": round(elapsed, 2),
+                                    "labelled_this_run": len(todo), "seconds_this_run": round(finished - loaded, 2),
+                                    "model_load_seconds": round(loaded - started, 2),
                                     "cache_hits": labeller.engine.cache.hits, "cache_misses": labeller.engine.cache.misses})
     missing = [p["id"] for p in pairs if p["id"] not in rows]
     if missing:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from rlaif.cli.common import config_option, one_line_errors
-from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.io import done_ids, meta_path, parse_column_map, read_records
 from rlaif.label import LabelConfig, label_pairs
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(LabelConfig)}
@@ -73,13 +73,19 @@ def label(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
         raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
     pairs = read_records(input_path, ["prompt", "response_a", "response_b"], parse_column_map(column_map))
     pairs = pairs[:limit] if limit else pairs
-    started = time.time()
+    before = set() if overwrite else done_ids(out_path)
     rows = label_pairs(pairs, config, out_path, overwrite=overwrite)
-    elapsed = time.time() - started
+    new = sum(pair["id"] not in before for pair in pairs)
+    run = json.loads(meta_path(out).read_text(encoding="utf-8")) if new else {}
+    seconds = run.get("seconds_this_run", 0.0)
     a_wins = sum(row["p_a"] > 0.5 for row in rows)
     mass = sum(row["option_mass"] for row in rows) / len(rows)
-    click.echo(f"Labelled {len(rows)} pairs in {elapsed:.1f}s ({len(rows) / max(elapsed, 1e-9):.2f} pairs/s): "
-               f"A preferred in {a_wins}, B in {len(rows) - a_wins}; mean option mass {mass:.3f}.")
+    if new:
+        click.echo(f"Labelled {new} pairs in {seconds:.1f}s ({new / max(seconds, 1e-9):.2f} pairs/s; "
+                   f"model ready in {run.get('model_load_seconds', 0.0):.1f}s).")
+    else:
+        click.echo(f"All {len(rows)} pairs were labelled already (nothing to do).")
+    click.echo(f"{len(rows)} pairs: A preferred in {a_wins}, B in {len(rows) - a_wins}; mean option mass {mass:.3f}.")
     click.echo(f"Wrote {out} and {meta_path(out)}.")
     if mass < 0.2:
         click.echo(f"Warning: the options got only {mass:.0%} of the model's probability; "
