@@ -31,7 +31,14 @@ from rlaif.backends import Backend, GenerationSettings, load_backend
 from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, drop_last_group, meta_path, read_jsonl, repair_tail, write_json
+from rlaif.io import (
+    RecordWriter,
+    drop_last_group,
+    meta_path,
+    read_jsonl,
+    repair_tail,
+    write_json,
+)
 from rlaif.label import format_conversation
 from rlaif.scoring import ScoringEngine
 

@@ -112,6 +112,10 @@ def read_records(
     A missing `id` is made from the text of `id_from` (default: all fields).
     """
     column_map = column_map or {}
+    unknown = sorted(set(column_map) - set(fields) - {"id"})
+    if unknown:
+        raise RlaifError(f"--column-map names unknown field(s) {', '.join(unknown)}; "
+                         f"the fields are: {', '.join([*fields, 'id'])}.")
     rows = read_rows(path)
     if not rows:
         raise RlaifError(f"{path} holds no records.")
@@ -141,6 +145,19 @@ def read_records(
             record["extra"] = {k: v for k, v in row.items() if k not in source.values() and k != id_col}
         records.append(record)
     return records
+
+
+def check_output(path: str | Path, directory: bool = False) -> None:
+    """Fail before any work when `path` cannot be written: a parent is a file, or the kind is wrong."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if parent != path and not parent.is_dir():
+                raise RlaifError(f"Cannot write {path}: {parent} is a file, not a directory. Choose another path.")
+            break
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise RlaifError(f"Cannot write {path}: it is {kind}. Choose another path.")
 
 
 def as_text(value: Any, where: str) -> str:

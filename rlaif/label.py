@@ -25,7 +25,12 @@ from rlaif import __version__
 from rlaif.backends import Backend, GenerationSettings, load_backend
 from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
-from rlaif.constitution import Constitution, Principle, choose_principles, load_constitution
+from rlaif.constitution import (
+    Constitution,
+    Principle,
+    choose_principles,
+    load_constitution,
+)
 from rlaif.errors import RlaifError
 from rlaif.io import RecordWriter, done_ids, meta_path, read_jsonl, write_json
 from rlaif.prompts import Template, load_template

@@ -32,7 +32,7 @@ class PPORunConfig:
     """Settings of one `rlaif ppo` run; CLI flags match the fields one to one."""
 
     prompts: str = field(metadata={"help": "Prompt file (JSONL/CSV/Parquet/saved dataset) with a `prompt` column."})
-    policy: str = field(metadata={"help": "Policy to train: a causal LM directory (or a name in the local HF cache)."})
+    policy: str = field(metadata={"help": "Policy to train: `default` (the embedded Gemma 3 270M), a causal LM directory or a Hugging Face id."})
     output_dir: str = field(metadata={"help": "Folder for the trained policy (policy/), ppo_log.jsonl, ppo_curve.png."})
     reward_model: str | None = field(
         default=None,

@@ -29,8 +29,18 @@ from rlaif import __version__
 from rlaif.backends import Backend, GenerationSettings, load_backend
 from rlaif.constitution import Constitution, Critique, load_constitution, pair_rng
 from rlaif.errors import RlaifError
-from rlaif.generate import (check_decoding, chunks, config_digest, open_engine, prepare_output,
-                            read_meta, render_prompt, render_request, resolve_prompt_format, trim_response)
+from rlaif.generate import (
+    check_decoding,
+    chunks,
+    config_digest,
+    open_engine,
+    prepare_output,
+    read_meta,
+    render_prompt,
+    render_request,
+    resolve_prompt_format,
+    trim_response,
+)
 from rlaif.io import RecordWriter, meta_path, read_jsonl, write_json
 from rlaif.label import format_conversation
 from rlaif.prompts import Template, load_template

@@ -31,7 +31,6 @@ from rlaif.rm_data import (
 )
 from rlaif.rm_eval import evaluate_reward_model, write_model_card
 
-
 DEFAULT_BASE_MODEL = "minilm"
 
 

@@ -240,7 +240,12 @@ def resolve_base_model(name: str) -> tuple[str, str]:
 def load_model_and_tokenizer(name: str, training: bool, seed: int = 42) -> tuple[Any, Any, list[str]]:
     """A one-output sequence classifier and its tokenizer (pad token set), plus notes on what was fixed."""
     import torch  # noqa: PLC0415 (heavy)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed  # noqa: PLC0415
+    from transformers import (  # noqa: PLC0415
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        set_seed,
+    )
     from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
 
     path, _ = resolve_base_model(name)

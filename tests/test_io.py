@@ -70,3 +70,61 @@ def test_config_file_scalar_for_a_repeatable_option(tmp_path):
     assert result.exit_code == 1
     assert "Unknown principle 'no-such-principle'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_output_under_a_file_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response_a": "a", "response_b": "b"}) + "\n")
+    result = CliRunner().invoke(cli, ["label", "--input", str(pairs), "--out", str(blocker / "x.jsonl"),
+                                      "--model", "/no/such/model"])
+    assert result.exit_code == 1 and "is a file, not a directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_model_directory_is_named(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response_a": "a", "response_b": "b"}) + "\n")
+    result = CliRunner().invoke(cli, ["label", "--input", str(pairs), "--out", str(tmp_path / "o.jsonl"),
+                                      "--model", str(tmp_path / "nosuchmodel")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_column_map_field_and_yaml_mapping(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(RlaifError, match="unknown field\\(s\\) respons"):
+        read_records(data, ["prompt", "response"], {"respons": "chosen"})
+    config = tmp_path / "run.yaml"
+    config.write_text(f"input: {data}\ncolumn-map: {{response_a: chosen, response_b: rejected}}\nonly: [nope]\n")
+    result = CliRunner().invoke(cli, ["label", "--config", str(config), "--out", str(tmp_path / "o.jsonl")])
+    # the mapping was understood (no column error); the run stops at the unknown principle, before any model loads
+    assert result.exit_code == 1 and "Unknown principle 'nope'" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["train-rm", "--labels", "x.jsonl", "--out", "{out}"],
+    ["ppo", "--prompts", "x.jsonl", "--policy", "default", "--d-rlaif", "--output-dir", "{out}"],
+])
+def test_trained_outputs_are_not_silently_replaced(tmp_path, command):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    args = [a.replace("{out}", str(out)) for a in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "is not empty: pass --overwrite" in result.output
+
+
+def test_align_refuses_to_mix_reports_of_two_human_files(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"source": {"human": str(tmp_path / "other.jsonl")}}))
+    (out / "reliability.png").write_bytes(b"old")
+    human = tmp_path / "prefs.jsonl"
+    human.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    args = ["align", "--human", str(human), "--labels", str(tmp_path / "labels.jsonl"), "--out", str(out), "--no-plots"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "holds the report for" in result.output and "--overwrite" in result.output
+    CliRunner().invoke(cli, args + ["--overwrite"])  # no labels file: it fails later, but the stale report is gone
+    assert not (out / "reliability.png").exists() and not (out / "report.json").exists()

@@ -54,6 +54,8 @@ def resolve_model(model: str) -> tuple[str, str]:
         files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in kinds)
         stamp = "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
         return str(path), f"{path.resolve().name}@{digest}{hashlib.sha256(stamp.encode()).hexdigest()[:6]}"
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
+        raise RlaifError(f"Model directory {model} does not exist: check the path, or pass `default` or a Hugging Face id.")
     return model, model
 
 
@@ -223,7 +225,11 @@ class HFBackend:
         top-p-shaped distribution, so a prompt's text never depends on what it was batched with.
         A prompt that already starts with the BOS token (a chat template wrote it) gets no second one.
         """
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper  # noqa: PLC0415
+        from transformers import (  # noqa: PLC0415
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.tokenizer.padding_side = "left"
         bos = self.tokenizer.bos_token

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 import rlaif.label as labelling
-from rlaif.align import AlignConfig, build_pairs, build_report, match_labels, read_human_pairs
-from rlaif.align_report import PLOT_HINT, compare_reports, format_table, has_matplotlib, matplotlib_figure, write_report
+from rlaif.align import (
+    AlignConfig,
+    build_pairs,
+    build_report,
+    match_labels,
+    read_human_pairs,
+)
+from rlaif.align_report import (
+    PLOT_HINT,
+    compare_reports,
+    format_table,
+    has_matplotlib,
+    matplotlib_figure,
+    write_report,
+)
 from rlaif.cli.common import config_option, one_line_errors
 from rlaif.cli.label import label_config, label_model_options
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, parse_column_map, read_rows
+from rlaif.io import RecordWriter, check_output, parse_column_map, read_rows
 
 DEFAULT_OUT = "align-report"
 META_KEYS = ("model", "template", "constitution", "principles", "cot")
@@ -65,6 +79,7 @@ def align(human: str | None, column_map: tuple[str, ...], labels: str | None, ou
     n_input = len(humans) + sum(skipped.values())
     humans = humans[:limit] if limit else humans
     out_dir = Path(out or DEFAULT_OUT)
+    _check_out_dir(out_dir, human, overwrite)
     rows = read_rows(labels) if labels else _label(humans, config, out_dir, overwrite, settings.seed)
     scored, unmatched = match_labels(humans, rows)
     skipped.update(unmatched)
@@ -75,6 +90,25 @@ def align(human: str | None, column_map: tuple[str, ...], labels: str | None, ou
     click.echo(f"Wrote {', '.join(str(p) for p in written)}.")
     if plots is None and not has_matplotlib():
         click.echo(f"No plots: matplotlib is not installed ({PLOT_HINT}).", err=True)
+
+
+def _check_out_dir(out_dir: Path, human: str, overwrite: bool) -> None:
+    """Refuse to mix a report for another human file into OUT; --overwrite clears the old report and plots."""
+    check_output(out_dir, directory=True)
+    old = out_dir / "report.json"
+    if not old.exists():
+        return
+    if overwrite:
+        for stale in [old, out_dir / "report.md", *out_dir.glob("*.png")]:
+            stale.unlink(missing_ok=True)
+        return
+    try:
+        previous = json.loads(old.read_text(encoding="utf-8")).get("source", {}).get("human")
+    except (OSError, ValueError):
+        previous = None
+    if previous and Path(previous).resolve() != Path(human).resolve():
+        raise RlaifError(f"{out_dir} holds the report for {previous}: pass --overwrite to replace it "
+                         "or choose another --out.")
 
 
 def _label(humans: list[dict], config: labelling.LabelConfig, out_dir: Path, overwrite: bool, seed: int) -> list[dict]:

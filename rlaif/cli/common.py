@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import fields
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import click
@@ -24,15 +24,23 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
         flags = [o for o in param.opts if o.startswith("--")] or [param.name]
         for flag in flags:
             names[flag.lstrip("-").split("/")[0].replace("-", "_")] = param.name
-        names.setdefault(param.name, param.name)
     try:
         values = load_yaml_config(value, set(names))
     except RlaifError as err:
         raise click.BadParameter(str(err)) from err
     repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False) or getattr(p, "nargs", 1) != 1}
     mapped = {names[key]: v for key, v in values.items()}
-    mapped = {k: [v] if k in repeatable and isinstance(v, (str, int, float)) else v for k, v in mapped.items()}
+    mapped = {k: _as_list(v) if k in repeatable else v for k, v in mapped.items()}
     ctx.default_map = {**(ctx.default_map or {}), **mapped}
+
+
+def _as_list(value: Any) -> Any:
+    """A repeatable flag from YAML: a scalar is one value, a mapping is KEY=VALUE items (column_map)."""
+    if isinstance(value, dict):
+        return [f"{key}={val}" for key, val in value.items()]
+    if isinstance(value, (str, int, float)):
+        return [value]
+    return value
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:

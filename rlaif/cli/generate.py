@@ -10,7 +10,7 @@ import click
 
 from rlaif.cli.common import config_option, one_line_errors
 from rlaif.generate import PROMPT_FORMATS, GenerateConfig, generate_pairs
-from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.io import check_output, meta_path, parse_column_map, read_records
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(GenerateConfig)}
 
@@ -47,6 +47,7 @@ def generate(prompts_path: str, out: str, column_map: tuple[str, ...], limit: in
     pair format `rlaif label --input` reads.
     """
     config = GenerateConfig(**options)
+    check_output(out)
     if Path(out).exists() and not (resume or overwrite):
         raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
     prompts = read_records(prompts_path, ["prompt"], parse_column_map(column_map))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from rlaif.cli.common import config_option, one_line_errors
-from rlaif.io import done_ids, meta_path, parse_column_map, read_records
+from rlaif.io import check_output, done_ids, meta_path, parse_column_map, read_records
 from rlaif.label import LabelConfig, label_pairs
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(LabelConfig)}
@@ -69,6 +69,7 @@ def label(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
     """
     config = label_config(options)
     out_path = Path(out)
+    check_output(out_path)
     if out_path.exists() and not (resume or overwrite):
         raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
     pairs = read_records(input_path, ["prompt", "response_a", "response_b"], parse_column_map(column_map))
@@ -80,9 +81,11 @@ def label(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
     seconds = run.get("seconds_this_run", 0.0)
     a_wins = sum(row["p_a"] > 0.5 for row in rows)
     mass = sum(row["option_mass"] for row in rows) / len(rows)
-    if new:
-        click.echo(f"Labelled {new} pairs in {seconds:.1f}s ({new / max(seconds, 1e-9):.2f} pairs/s; "
+    if new and seconds >= 0.5:
+        click.echo(f"Labelled {new} pairs in {seconds:.1f}s ({new / seconds:.2f} pairs/s; "
                    f"model ready in {run.get('model_load_seconds', 0.0):.1f}s).")
+    elif new:
+        click.echo(f"Labelled {new} pairs in {seconds:.1f}s (raw results from the cache).")
     else:
         click.echo(f"All {len(rows)} pairs were labelled already (nothing to do).")
     click.echo(f"{len(rows)} pairs: A preferred in {a_wins}, B in {len(rows) - a_wins}; mean option mass {mass:.3f}.")

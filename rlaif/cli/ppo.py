@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from rlaif.cli.common import config_option, field_option_factory, one_line_errors
+from rlaif.io import check_output
 from rlaif.ppo import PPORunConfig, run_ppo
 
 _option = field_option_factory(PPORunConfig)
@@ -37,14 +39,19 @@ _POSITIVE = click.IntRange(min=1)
 @_option("--missing-eos-penalty", "missing_eos_penalty", type=click.FloatRange(min=0))
 @_option("--plain-prompts", "plain_prompts", is_flag=True, default=False)
 @_option("--seed", "seed", type=int)
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier run left in --output-dir.")
 @one_line_errors
-def ppo(**options: Any) -> None:
+def ppo(overwrite: bool, **options: Any) -> None:
     """Train a policy with PPO (TRL) on AI feedback.
 
     The reward is a reward model with any tokenizer (--reward-model DIR) or the
     feedback LLM's 1-10 score mapped to [-1, 1] (--d-rlaif). Writes OUTPUT_DIR/policy,
     ppo_log.jsonl (reward, KL, response length per step) and ppo_curve.png.
     """
+    out = Path(options["output_dir"])
+    check_output(out, directory=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise click.ClickException(f"{out} is not empty: pass --overwrite to replace that run or choose another --output-dir.")
     options["column_map"] = tuple(options["column_map"])
     result = run_ppo(PPORunConfig(**options))
     if result["reward_first"] is None:

@@ -10,7 +10,7 @@ import click
 
 from rlaif.cli.common import config_option, one_line_errors
 from rlaif.generate import PROMPT_FORMATS
-from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.io import check_output, meta_path, parse_column_map, read_records
 from rlaif.revise import EXPORTS, MODES, ReviseConfig, export_chains, revise_prompts
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(ReviseConfig)}
@@ -61,8 +61,8 @@ def revise_options(func: Any) -> Any:
 @click.option("--resume", is_flag=True, help="Continue an existing --out file (done prompts are kept, not redone).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (cached generations are still reused).")
 @click.option("--export", "exports", type=click.Choice(EXPORTS), multiple=True,
-              help="Also write OUT.sft.jsonl (prompt -> final revision) and/or OUT.pairs.jsonl (final revision "
-                   "chosen over the initial response; for train-rm or DPO). Repeatable.")
+              help="Also write NAME.sft.jsonl (prompt -> final revision) and/or NAME.pairs.jsonl (final revision "
+                   "chosen over the initial response; for train-rm or DPO) beside --out NAME.jsonl. Repeatable.")
 @revise_options
 @one_line_errors
 def revise(prompts_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool,
@@ -75,6 +75,7 @@ def revise(prompts_path: str, out: str, column_map: tuple[str, ...], limit: int 
     text it revised.
     """
     config = ReviseConfig(**options)
+    check_output(out)
     if Path(out).exists() and not (resume or overwrite):
         raise click.ClickException(f"{out} exists: pass --resume to continue it (or to export it again) "
                                    "or --overwrite to replace it.")

@@ -9,7 +9,7 @@ import click
 
 from rlaif.cli.common import config_option, one_line_errors
 from rlaif.drlaif import ScoreConfig, score_records
-from rlaif.io import meta_path, parse_column_map, read_records
+from rlaif.io import check_output, meta_path, parse_column_map, read_records
 
 
 @click.command("score")
@@ -33,6 +33,7 @@ from rlaif.io import meta_path, parse_column_map, read_records
 def score(input_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool, overwrite: bool,
           **options: Any) -> None:
     """Rate single responses 1-10 with the feedback model (d-RLAIF); score = (E[rating] - 5.5) / 4.5."""
+    check_output(out)
     if Path(out).exists() and not (resume or overwrite):
         raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
     records = read_records(input_path, ["prompt", "response"], parse_column_map(column_map))
@@ -41,3 +42,7 @@ def score(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
     mean = sum(row["score"] for row in rows) / len(rows)
     click.echo(f"Scored {len(rows)} responses: mean score {mean:+.3f} (mean rating {5.5 + 4.5 * mean:.2f}/10).")
     click.echo(f"Wrote {out} and {meta_path(out)}.")
+    mass = sum(row["option_mass"] for row in rows) / len(rows)
+    if mass < 0.2:
+        click.echo(f"Warning: the ratings got only {mass:.0%} of the model's probability; "
+                   "the template may not suit this model.", err=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from rlaif.cli.common import config_option, field_option_factory, one_line_errors
+from rlaif.io import check_output
 from rlaif.reward_model import TrainRMConfig
 
 _option = field_option_factory(TrainRMConfig)
@@ -37,8 +39,9 @@ _POSITIVE = click.IntRange(min=1)
 @_option("--save-steps", "save_steps", type=click.IntRange(min=0))
 @_option("--resume", "resume", is_flag=True, default=False)
 @_option("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier run left in --out.")
 @one_line_errors
-def train_rm(**options: Any) -> None:
+def train_rm(overwrite: bool, **options: Any) -> None:
     """Train a reward model on rlaif labels with the soft-label loss (TRL RewardTrainer).
 
     --labels takes `rlaif label` output (soft p_a) or human pairs (prompt, chosen,
@@ -49,6 +52,11 @@ def train_rm(**options: Any) -> None:
     """
     from rlaif.reward_model import evaluate_saved_model, train_reward_model  # noqa: PLC0415
 
+    out = Path(options["out"])
+    check_output(out, directory=True)
+    if out.exists() and any(out.iterdir()) and not (overwrite or options["resume"] or options["eval_only"]):
+        raise click.ClickException(f"{out} is not empty: pass --overwrite to replace it, --resume to continue "
+                                   "from its last checkpoint, or choose another --out.")
     options["column_map"] = tuple(options["column_map"])
     options["eval_human"] = tuple(options["eval_human"])
     config = TrainRMConfig(**options)
