@@ -11,7 +11,7 @@ HUMAN=../shared/data/human_prefs/hhh_alignment.dev.jsonl   # human pairs to judg
 rlaif generate --prompts examples/prompts.jsonl --n 2 --max-new-tokens 48 --out "$OUT/pairs.jsonl" --resume
 rlaif label --input "$OUT/pairs.jsonl" --out "$OUT/labels.jsonl" --resume
 EVAL=(); [ -f "$HUMAN" ] && EVAL=(--eval-human "$HUMAN")
-rlaif train-rm --labels "$OUT/labels.jsonl" --out "$OUT/rm" --epochs 2 --eval-split 0 "${EVAL[@]}"
+rlaif train-rm --labels "$OUT/labels.jsonl" --out "$OUT/rm" --epochs 2 --eval-split 0 --overwrite "${EVAL[@]}"
 
 # SL-CAI: critique -> revision chains, judged per round, exported as SFT data and preference pairs.
 rlaif revise --prompts examples/prompts.jsonl --rounds 1 --max-new-tokens 48 --judge default \
