@@ -25,7 +25,7 @@ DATA = ROOT.parent / "shared" / "data" / "human_prefs"
 def run_align(human: Path, out: Path, args: argparse.Namespace) -> tuple[dict, float]:
     command = [sys.executable, "-m", "rlaif", "align", "--human", str(human), "--out", str(out),
                "--limit", str(args.pairs), "--model", args.model, "--constitution", args.constitution,
-               "--principles", "k", "--k", str(args.k), "--no-plots"]
+               "--principles", "k", "--k", str(args.k), "--template", args.template, "--no-plots"]
     started = time.time()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "report.json").read_text()), time.time() - started
@@ -42,14 +42,17 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--constitution", default="cai-harmless")
     parser.add_argument("--k", type=int, default=4, help="Principles sampled per pair.")
+    parser.add_argument("--template", default="cai-choice", help="Choice template for the labeller.")
+    parser.add_argument("--files", default="*", help="Glob of the human files to use, e.g. 'hh_*'.")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "align-bench")
     args = parser.parse_args()
-    files = sorted(args.data_dir.glob("*.jsonl"))
+    files = sorted(args.data_dir.glob(f"{args.files}.jsonl"))
     if not files:
         sys.exit(f"No .jsonl files in {args.data_dir}; pass --data-dir.")
     header = (f"{'file':<28} {'n':>4} {'alignment [95% CI]':>24} {'A-first only':>13} {'B-first only':>13} "
               f"{'same slot':>10} {'random':>7} {'longer':>7} {'shorter':>8} {'secs':>6}")
-    print(f"model={args.model} constitution={args.constitution} k={args.k} pairs/file={args.pairs}")
+    print(f"model={args.model} constitution={args.constitution} template={args.template} k={args.k} "
+          f"pairs/file={args.pairs}")
     print(header)
     rows = []
     for human in files:
@@ -64,7 +67,8 @@ def main() -> None:
         print(f"{row['file']:<28} {row['n']:>4} {ci(row['alignment']):>24} {row['ab']:>13.3f} {row['ba']:>13.3f} "
               f"{row['same_slot']:>10.3f} {0.5:>7.3f} {row['always_longer']:>7.3f} {row['always_shorter']:>8.3f} "
               f"{row['seconds']:>6.0f}")
-    print(json.dumps({"benchmark": "align_human_prefs", "model": args.model, "k": args.k, "rows": rows}))
+    print(json.dumps({"benchmark": "align_human_prefs", "model": args.model, "template": args.template, "k": args.k,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

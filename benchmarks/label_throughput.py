@@ -112,10 +112,11 @@ def run_plain(model, tokenizer, prompts, jobs, options, args) -> tuple[list[floa
     return out, {}
 
 
-def run_engine(backend, pairs, jobs, principle_ids) -> tuple[list[float], dict]:
+def run_engine(backend, pairs, jobs, principle_ids, template: str) -> tuple[list[float], dict]:
     from rlaif.label import LabelConfig, Labeller  # noqa: PLC0415
 
-    config = LabelConfig(principles="all", only=tuple(principle_ids), no_cache=True, batch_tokens=backend.batch_tokens)
+    config = LabelConfig(principles="all", only=tuple(principle_ids), no_cache=True, batch_tokens=backend.batch_tokens,
+                         template=template)
     labels = Labeller(config, backend).label(pairs)
     out = [labels[index].by_principle_orders[pid][int(swapped)] for index, pid, swapped in jobs]
     stats = backend.stats
@@ -149,7 +150,7 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
     model, tokenizer = backend.model, backend.tokenizer
     constitution = load_constitution(args.constitution)
     principles = constitution.principles[:args.k]
-    template = load_template("cai-choice")
+    template = load_template(args.template)
     pairs = load_pairs(args.data, args.pairs)
     jobs, prompts = jobs_and_prompts(pairs, principles, template)
     options = option_ids(tokenizer, template)
@@ -164,7 +165,7 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
             values, extra = run_plain(model, tokenizer, prompts, jobs, options, args)
         else:
             backend.share_prefix = way == "engine"
-            values, extra = run_engine(backend, pairs, jobs, [p.id for p in principles])
+            values, extra = run_engine(backend, pairs, jobs, [p.id for p in principles], args.template)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         flops_after = matmul_flops() if way == "engine" else []
     nonembedding = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "lm_head" not in name)
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="The first k principles of the constitution, for every pair.")
     parser.add_argument("--model", default="default")
     parser.add_argument("--constitution", default="cai-harmless")
+    parser.add_argument("--template", default="cai-choice",
+                        help="Choice template (cai-choice-late puts the principle after the options).")
     parser.add_argument("--threads", type=int, default=None, help="Intra-op threads (default: rlaif's choice).")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="The engine's token budget per batch.")
     parser.add_argument("--plain-batch", type=int, default=4, help="Prompts per batch of the plain way.")
@@ -246,7 +249,7 @@ def main() -> None:
     # Spinning OpenMP threads stall when another process holds a core; passive waiting is set
     # before torch starts in each child (override by exporting OMP_WAIT_POLICY yourself).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    print(f"label throughput: {args.pairs} pairs x {args.k} principles x 2 orders, model {args.model}, "
+    print(f"label throughput: {args.pairs} pairs x {args.k} principles x 2 orders, template {args.template}, model {args.model}, "
           f"cpus {os.cpu_count()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()}")
     context = mp.get_context("spawn")
     results = {}
