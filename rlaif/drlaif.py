@@ -25,8 +25,15 @@ from rlaif.backends.default import cache_root
 from rlaif.cache import NullCache, ResultCache
 from rlaif.constitution import load_constitution
 from rlaif.errors import RlaifError
-from rlaif.generate import config_digest, prepare_output
-from rlaif.io import RecordWriter, as_text, meta_path, read_jsonl, write_json
+from rlaif.io import (
+    RecordWriter,
+    as_text,
+    config_digest,
+    meta_path,
+    prepare_output,
+    read_jsonl,
+    write_json,
+)
 from rlaif.label import format_conversation
 from rlaif.prompts import load_template
 from rlaif.records import Score
@@ -116,7 +123,7 @@ def score_records(records: list[dict[str, str]], config: ScoreConfig, out: str |
                   backend: Backend | None = None, chunk: int = 16, progress: bool = True) -> list[dict[str, Any]]:
     """Score `records` (id, prompt, response), appending Score rows to `out`; resumes what is there."""
     out = Path(out)
-    digest = config_digest(config, skip=("batch_tokens", "cache_dir", "no_cache"))
+    digest = config_digest(config)
     done = prepare_output(out, digest, overwrite)
     todo = [r for r in records if r["id"] not in done]
     started = time.time()

@@ -13,13 +13,10 @@ says which.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +30,12 @@ from rlaif.cache import NullCache, ResultCache
 from rlaif.errors import RlaifError
 from rlaif.io import (
     RecordWriter,
-    drop_last_group,
+    chunks,
+    config_digest,
     meta_path,
+    prepare_output,
     read_jsonl,
-    repair_tail,
+    read_meta,
     write_json,
 )
 from rlaif.label import format_conversation
@@ -206,43 +205,6 @@ class PairGenerator:
 
 
 # -- resumable output -----------------------------------------------------------------------------------------------
-
-
-RUN_ONLY = ("batch_tokens", "chunk_prompts", "cache_dir", "no_cache")  # settings that do not change the output
-
-
-def config_digest(config: Any, skip: tuple[str, ...] = RUN_ONLY) -> str:
-    keep = {k: v for k, v in asdict(config).items() if k not in skip}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
-
-
-def prepare_output(out: Path, digest: str, overwrite: bool, key: str = "id") -> set[str]:
-    """Values of `key` already in `out` (to skip), after refusing a file made with other settings."""
-    if overwrite and out.exists():
-        out.unlink()
-    if not out.exists():
-        return set()
-    old = read_meta(out).get("config_digest")
-    if old and old != digest:
-        raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
-    if key != "id" and read_meta(out).get("status") != "done":
-        drop_last_group(out, key)  # a killed run may have cut the last prompt's pairs short: redo it (from the cache)
-    else:
-        repair_tail(out)
-    return {str(row[key]) for row in read_jsonl(out) if key in row}
-
-
-def read_meta(out: Path) -> dict[str, Any]:
-    """The `<out>.meta.json` of a finished or running job, or {} when there is none (or it is torn)."""
-    try:
-        return json.loads(meta_path(out).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def generate_pairs(prompts: list[dict[str, str]], config: GenerateConfig, out: str | Path, overwrite: bool = False,

@@ -7,9 +7,11 @@ keeps everything it finished; `done_ids` reads those back to resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +267,46 @@ def write_json(path: str | Path, data: Any) -> None:
 def meta_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".meta.json")
+
+
+# -- resumable outputs ---------------------------------------------------------------------------
+
+
+# Settings that change how a run goes, not what it writes: a resumed run may change them freely.
+RUN_ONLY = ("batch_tokens", "chunk_pairs", "chunk_prompts", "cache_dir", "no_cache")
+
+
+def config_digest(config: Any, skip: tuple[str, ...] = RUN_ONLY) -> str:
+    """A short hash of a config dataclass's output-changing fields (stored in `<out>.meta.json`)."""
+    keep = {k: v for k, v in asdict(config).items() if k not in skip}
+    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+
+
+def prepare_output(out: Path, digest: str, overwrite: bool, key: str = "id") -> set[str]:
+    """Values of `key` already in `out` (to skip), after refusing a file made with other settings."""
+    if overwrite and out.exists():
+        out.unlink()
+    if not out.exists():
+        return set()
+    old = read_meta(out).get("config_digest")
+    if old and old != digest:
+        raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
+    if key != "id" and read_meta(out).get("status") != "done":
+        drop_last_group(out, key)  # a killed run may have cut the last prompt's pairs short: redo it (from the cache)
+    else:
+        repair_tail(out)
+    return {str(row[key]) for row in read_jsonl(out) if key in row}
+
+
+def read_meta(out: Path) -> dict[str, Any]:
+    """The `<out>.meta.json` of a finished or running job, or {} when there is none (or it is torn)."""
+    try:
+        return json.loads(meta_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of `size` items (the unit written between two flushes)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

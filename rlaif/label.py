@@ -11,10 +11,8 @@ the answer stub is appended and the options scored; p_a is then clamped into
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,15 @@ from rlaif.constitution import (
     load_constitution,
 )
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, done_ids, meta_path, read_jsonl, write_json
+from rlaif.io import (
+    RecordWriter,
+    chunks,
+    config_digest,
+    meta_path,
+    prepare_output,
+    read_jsonl,
+    write_json,
+)
 from rlaif.prompts import Template, load_template
 from rlaif.records import Label
 from rlaif.scoring import ScoringEngine
@@ -177,30 +183,6 @@ def trim_rationale(text: str) -> str:
     return text.strip()
 
 
-def config_digest(config: LabelConfig) -> str:
-    keep = {k: v for k, v in asdict(config).items() if k not in ("batch_tokens", "chunk_pairs", "cache_dir", "no_cache")}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
-
-
-def _check_resumable(out: Path, config: LabelConfig) -> None:
-    meta = meta_path(out)
-    if not out.exists() or not meta.exists():
-        return
-    try:
-        import json  # noqa: PLC0415
-
-        old = json.loads(meta.read_text(encoding="utf-8")).get("config_digest")
-    except (OSError, ValueError):
-        return
-    if old and old != config_digest(config):
-        raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Path, overwrite: bool = False,
                 backend: Backend | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Label `pairs`, appending Label rows to `out` and resuming what is already there.
@@ -210,27 +192,25 @@ def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Pat
     duplicate or missing records.
     """
     out = Path(out)
-    if overwrite and out.exists():
-        out.unlink()
-    _check_resumable(out, config)
-    done = done_ids(out)
+    digest = config_digest(config)
+    done = prepare_output(out, digest, overwrite)
     todo = [p for p in pairs if p["id"] not in done]
     started = time.time()
     labeller = Labeller(config, backend) if todo or not meta_path(out).exists() else None
     loaded = time.time()
     if labeller:
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest,
                                     **labeller.meta(), "status": "running"})
     if todo:
         with RecordWriter(out) as writer, tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair",
                                                desc="label", disable=not progress) as bar:
-            for chunk in _chunks(todo, config.chunk_pairs):
+            for chunk in chunks(todo, config.chunk_pairs):
                 writer.write_all(asdict(label) for label in labeller.label(chunk))
                 bar.update(len(chunk))
     finished = time.time()
     rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
     if labeller:
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": config_digest(config),
+        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest,
                                     **labeller.meta(), "status": "done", "pairs": len(rows),
                                     "labelled_this_run": len(todo), "seconds_this_run": round(finished - loaded, 2),
                                     "model_load_seconds": round(loaded - started, 2),

@@ -31,17 +31,22 @@ from rlaif.constitution import Constitution, Critique, load_constitution, pair_r
 from rlaif.errors import RlaifError
 from rlaif.generate import (
     check_decoding,
-    chunks,
-    config_digest,
     open_engine,
-    prepare_output,
-    read_meta,
     render_prompt,
     render_request,
     resolve_prompt_format,
     trim_response,
 )
-from rlaif.io import RecordWriter, meta_path, read_jsonl, write_json
+from rlaif.io import (
+    RecordWriter,
+    chunks,
+    config_digest,
+    meta_path,
+    prepare_output,
+    read_jsonl,
+    read_meta,
+    write_json,
+)
 from rlaif.label import format_conversation
 from rlaif.prompts import Template, load_template
 from rlaif.resources import data_dir

@@ -13,8 +13,16 @@ from click.testing import CliRunner
 from rlaif.backends import GenerationSettings, load_backend
 from rlaif.cli import cli
 from rlaif.errors import RlaifError
-from rlaif.generate import (GenerateConfig, form_pairs, generate_pairs, render_prompt, resolve_prompt_format,
-                            sample_settings, to_messages, trim_response)
+from rlaif.generate import (
+    GenerateConfig,
+    form_pairs,
+    generate_pairs,
+    render_prompt,
+    resolve_prompt_format,
+    sample_settings,
+    to_messages,
+    trim_response,
+)
 from rlaif.io import read_records, read_rows
 
 PROMPTS = [{"id": "p1", "prompt": "hello"}, {"id": "p2", "prompt": "what is two plus two ?"},

@@ -9,7 +9,14 @@ from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, as_text, done_ids, drop_last_group, read_records, read_rows
+from rlaif.io import (
+    RecordWriter,
+    as_text,
+    done_ids,
+    drop_last_group,
+    read_records,
+    read_rows,
+)
 
 
 def test_json_suffix_holding_json_lines_is_read(tmp_path):

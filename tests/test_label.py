@@ -11,7 +11,7 @@ import pytest
 from rlaif.constitution import choose_principles, load_constitution
 from rlaif.errors import RlaifError
 from rlaif.io import meta_path
-from rlaif.label import Labeller, LabelConfig, label_pairs
+from rlaif.label import LabelConfig, Labeller, label_pairs
 from rlaif.resources import data_dir
 
 CONSTITUTION = """\

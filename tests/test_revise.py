@@ -13,8 +13,17 @@ from rlaif.cli import cli
 from rlaif.constitution import load_constitution
 from rlaif.errors import RlaifError
 from rlaif.io import read_rows
-from rlaif.revise import (ReviseConfig, choose_critique, export_chains, load_few_shot, load_generation_template,
-                          parse_verdict, preference_records, revise_prompts, sft_records)
+from rlaif.revise import (
+    ReviseConfig,
+    choose_critique,
+    export_chains,
+    load_few_shot,
+    load_generation_template,
+    parse_verdict,
+    preference_records,
+    revise_prompts,
+    sft_records,
+)
 from rlaif.revise_judge import judge_stats, share_stats
 from rlaif.rm_data import load_preferences
 

@@ -34,7 +34,11 @@ from rlaif.rm_data import (
     split_pairs,
     truncate_ids,
 )
-from rlaif.rm_eval import evaluate_reward_model, expected_calibration_error, preference_metrics
+from rlaif.rm_eval import (
+    evaluate_reward_model,
+    expected_calibration_error,
+    preference_metrics,
+)
 
 WORDS = "how do i boil an egg put it in water for minutes eggs are food what is the capital of france paris".split()
 EXAMPLE_LABELS = Path(__file__).resolve().parent.parent / "examples" / "labels_small.jsonl"
