@@ -66,7 +66,7 @@ def jobs_and_prompts(pairs, principles, template) -> tuple[list[tuple[int, str, 
 
 def option_ids(tokenizer, template) -> list[list[int]]:
     """Token ids of each option's spellings; the naive ways read one token, so each must be one token."""
-    from rlaif.scoring import spell  # noqa: PLC0415
+    from rlaif.options import spell  # noqa: PLC0415
 
     out = []
     for option, texts in template.option_spellings().items():
@@ -144,7 +144,7 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
 
     from rlaif.backends.hf import HFBackend  # noqa: PLC0415
     from rlaif.constitution import load_constitution  # noqa: PLC0415
-    from rlaif.prompts import load_template  # noqa: PLC0415
+    from rlaif.templates import load_template  # noqa: PLC0415
 
     backend = HFBackend.load(args.model, threads=args.threads, batch_tokens=args.batch_tokens)
     model, tokenizer = backend.model, backend.tokenizer

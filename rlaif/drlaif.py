@@ -12,7 +12,7 @@ gets its exact probability and "1" only its share that is not "10".
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,24 +20,17 @@ from typing import Any
 from tqdm import tqdm
 
 from rlaif import __version__
-from rlaif.backends import Backend, load_backend
-from rlaif.backends.default import cache_root
-from rlaif.cache import NullCache, ResultCache
+from rlaif.backends import Backend, parse_option_items
+from rlaif.backends.cached import open_backend
 from rlaif.constitution import load_constitution
 from rlaif.errors import RlaifError
-from rlaif.io import (
-    RecordWriter,
-    as_text,
-    config_digest,
-    meta_path,
-    prepare_output,
-    read_jsonl,
-    write_json,
-)
-from rlaif.label import format_conversation
-from rlaif.prompts import load_template
+from rlaif.io import with_ids
+from rlaif.runs import Run, rows_by_key, run_chunks
+from rlaif.text import as_text
+from rlaif.text import format_conversation
+from rlaif.templates import load_template
 from rlaif.records import Score
-from rlaif.scoring import OptionResult, ScoringEngine
+from rlaif.options import OptionResult, ScoringEngine
 
 RATINGS = [str(i) for i in range(1, 11)]
 
@@ -46,14 +39,13 @@ RATINGS = [str(i) for i in range(1, 11)]
 class ScoreConfig:
     """How d-RLAIF rates responses. Fields match `rlaif score` flags one to one."""
 
-    model: str = field(default="default", metadata={"help": "Feedback model: `default`, a Hugging Face id or a local directory."})
+    model: str = field(default="default", metadata={"help": "Feedback model: `default`, a Hugging Face id or directory, or a server URL http://HOST:PORT/v1."})
     constitution: str = field(default="cai-harmless", metadata={"help": "Built-in constitution name or YAML path."})
     principle: tuple[str, ...] = field(default=(), metadata={"help": "Principle id(s) to rate by; several are averaged. Default: the constitution's first."})
     template: str = field(default="drlaif-score", metadata={"help": "Rating template (options must be the ratings 1..10)."})
-    batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one forward batch."})
     cache_dir: str | None = field(default=None, metadata={"help": "Raw-result cache directory (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
-    dtype: str = field(default="float32", metadata={"help": "Model weights dtype."})
+    backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The back end's own options (KEY=VALUE)."})
 
     def __post_init__(self) -> None:
         if self.principle is None:
@@ -61,6 +53,7 @@ class ScoreConfig:
         if isinstance(self.principle, str):
             self.principle = (self.principle,)
         self.principle = tuple(self.principle)
+        self.backend_options = parse_option_items(self.backend_options)
 
 
 def expected_rating(probs: dict[str, float]) -> float:
@@ -85,11 +78,15 @@ class DRLAIFScorer:
         if sorted(self.template.options) != sorted(RATINGS):
             raise RlaifError(f"Template {self.template.name!r} must have the options 1..10 for d-RLAIF.")
         self.template.render(conversation="c", response="r", principle="p")
-        self.backend = backend or load_backend(self.config.model, dtype=self.config.dtype,
-                                               batch_tokens=self.config.batch_tokens)
-        cache = NullCache() if self.config.no_cache else ResultCache(Path(self.config.cache_dir or cache_root()) / "results.sqlite")
-        self.engine = ScoringEngine(self.backend, cache)
+        self.backend = open_backend(self.config.model, self.config.backend_options, self.config.cache_dir,
+                                    self.config.no_cache, backend)
+        self.engine = ScoringEngine(self.backend)
         self.__name__ = "drlaif"  # TRL logs reward functions by name
+
+    def meta(self) -> dict[str, Any]:
+        return {"model": self.backend.model_id, "template": self.template.name, "template_sha256": self.template.sha256,
+                "constitution": self.constitution.name, "constitution_sha256": self.constitution.sha256,
+                "principles": [p.id for p in self.principles], "rlaif_version": __version__}
 
     def rate(self, prompts: list[Any], completions: list[Any]) -> list[list[OptionResult]]:
         """Per response, one rating distribution per principle."""
@@ -119,32 +116,32 @@ def _text(item: Any) -> str:
     return as_text(item, "a prompt or completion")
 
 
-def score_records(records: list[dict[str, str]], config: ScoreConfig, out: str | Path, overwrite: bool = False,
-                  backend: Backend | None = None, chunk: int = 16, progress: bool = True) -> list[dict[str, Any]]:
-    """Score `records` (id, prompt, response), appending Score rows to `out`; resumes what is there."""
-    out = Path(out)
-    digest = config_digest(config)
-    done = prepare_output(out, digest, overwrite)
-    todo = [r for r in records if r["id"] not in done]
-    started = time.time()
-    if todo:
-        scorer = DRLAIFScorer(config, backend)
-        meta = {"model": scorer.backend.model_id, "template": scorer.template.name, "template_sha256": scorer.template.sha256,
-                "constitution": scorer.constitution.name, "constitution_sha256": scorer.constitution.sha256,
-                "principles": [p.id for p in scorer.principles], "rlaif_version": __version__}
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest, **meta, "status": "running"})
-        with RecordWriter(out) as writer, tqdm(total=len(records), initial=len(records) - len(todo), unit="response",
-                                               desc="score", disable=not progress) as bar:
-            for start in range(0, len(todo), chunk):
-                part = todo[start:start + chunk]
+def score_records(records: Iterable[dict[str, str]], config: ScoreConfig, out: str | Path, overwrite: bool = False,
+                  backend: Backend | None = None, chunk: int = 16, progress: bool = True, resume: bool = True,
+                  inputs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """Score `records` (prompt, response; id optional), appending Score rows to `out`; resumes what is there."""
+    records = with_ids(records, ("prompt", "response"))
+    mode = "overwrite" if overwrite else ("resume" if resume else "new")
+    with Run(out, config, mode, inputs=inputs, stage="score") as run:
+        todo = list(run.todo(records))
+        if todo or not run.old_meta:
+            scorer = DRLAIFScorer(config, backend)
+            meta = scorer.meta()
+            run.start(scorer.backend.model_id, **meta)
+
+            def work(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                rows = []
                 for record, results in zip(part, scorer.rate([r["prompt"] for r in part], [r["response"] for r in part])):
                     score, mean, probs, mass = score_of(results)
-                    writer.write(asdict(Score(id=record["id"], prompt=record["prompt"], response=record["response"],
-                                              score=score, mean_rating=mean, p_ratings=probs, option_mass=mass, meta=meta)))
-                bar.update(len(part))
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest, **meta, "status": "done", "scored_this_run": len(todo),
-                                    "seconds_this_run": round(time.time() - started, 2)})
-    rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
+                    rows.append(asdict(Score(id=record["id"], prompt=record["prompt"], response=record["response"],
+                                             score=score, mean_rating=mean, p_ratings=probs, option_mass=mass, meta=meta)))
+                return rows
+
+            with tqdm(total=len(records), initial=len(records) - len(todo), unit="response", desc="score",
+                      disable=not progress) as bar:
+                run_chunks(run, todo, work, chunk, bar)
+            run.finish(scored_this_run=len(todo), responses=len(run.done))
+    rows = rows_by_key(out, (r["id"] for r in records))
     missing = [r["id"] for r in records if r["id"] not in rows]
     if missing:
         raise RlaifError(f"{len(missing)} response(s) have no score in {out}; rerun the same command to finish them.")

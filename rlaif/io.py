@@ -7,16 +7,15 @@ keeps everything it finished; `done_ids` reads those back to resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rlaif.errors import RlaifError
 from rlaif.records import content_id
+from rlaif.text import as_text
 
 TABULAR = {".csv", ".parquet", ".pq"}
 
@@ -140,6 +139,9 @@ def read_records(
         raw_id = row.get(id_col)
         rid = str(raw_id) if raw_id not in (None, "") else content_id(*(record[f] for f in (id_from or fields)))
         if rid in seen:
+            if raw_id in (None, ""):
+                raise RlaifError(f"{path} record {number} repeats an earlier record word for word (its id {rid!r} "
+                                 "was made from its content); remove the repeat or give each record an id.")
             raise RlaifError(f"{path} record {number}: duplicate id {rid!r}; ids must be unique.")
         seen.add(rid)
         record = {"id": rid, **record}
@@ -147,6 +149,29 @@ def read_records(
             record["extra"] = {k: v for k, v in row.items() if k not in source.values() and k != id_col}
         records.append(record)
     return records
+
+
+def with_ids(records: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """Records as stages take them from Python: every field present as text, a missing `id` made from the text."""
+    out, seen = [], set()
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise RlaifError(f"Record {number} is a {type(record).__name__}, not a dict with {', '.join(fields)}.")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise RlaifError(f"Record {number} lacks {', '.join(missing)}; each record needs {', '.join(fields)} "
+                             "(id optional).")
+        row = dict(record)
+        for name in fields:
+            row[name] = as_text(record[name], f"record {number}: field {name!r}")
+        made = record.get("id") in (None, "")
+        row["id"] = content_id(*(row[f] for f in fields)) if made else str(record["id"])
+        if row["id"] in seen:
+            why = " (made from its content: the record repeats an earlier one)" if made else ""
+            raise RlaifError(f"Record {number}: duplicate id {row['id']!r}{why}; ids must be unique.")
+        seen.add(row["id"])
+        out.append(row)
+    return out
 
 
 def check_output(path: str | Path, directory: bool = False) -> None:
@@ -160,25 +185,6 @@ def check_output(path: str | Path, directory: bool = False) -> None:
     if path.exists() and path.is_dir() != directory:
         kind = "a directory" if path.is_dir() else "a file"
         raise RlaifError(f"Cannot write {path}: it is {kind}. Choose another path.")
-
-
-def as_text(value: Any, where: str) -> str:
-    """A text field: strings as they are, numbers as text, chat messages (TRL's conversational
-    format, a list of {role, content}) as "Human: ... / Assistant: ..." turns."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, dict) and "content" in value:
-        value = [value]
-    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-        if len(value) == 1 and value[0].get("role") in (None, "assistant"):
-            return str(value[0]["content"])
-        names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-        return "\n\n".join(f"{names.get(m.get('role'), m.get('role') or 'Human')}: {m['content']}" for m in value)
-    raise RlaifError(f"{where} is a {type(value).__name__}, not text or chat messages; convert it to a string.")
 
 
 def done_ids(path: str | Path) -> set[str]:
@@ -262,51 +268,3 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def meta_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".meta.json")
-
-
-# -- resumable outputs ---------------------------------------------------------------------------
-
-
-# Settings that change how a run goes, not what it writes: a resumed run may change them freely.
-RUN_ONLY = ("batch_tokens", "chunk_pairs", "chunk_prompts", "cache_dir", "no_cache")
-
-
-def config_digest(config: Any, skip: tuple[str, ...] = RUN_ONLY) -> str:
-    """A short hash of a config dataclass's output-changing fields (stored in `<out>.meta.json`)."""
-    keep = {k: v for k, v in asdict(config).items() if k not in skip}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
-
-
-def prepare_output(out: Path, digest: str, overwrite: bool, key: str = "id") -> set[str]:
-    """Values of `key` already in `out` (to skip), after refusing a file made with other settings."""
-    if overwrite and out.exists():
-        out.unlink()
-    if not out.exists():
-        return set()
-    old = read_meta(out).get("config_digest")
-    if old and old != digest:
-        raise RlaifError(f"{out} was made with other settings; pass --overwrite to replace it or choose another --out.")
-    if key != "id" and read_meta(out).get("status") != "done":
-        drop_last_group(out, key)  # a killed run may have cut the last prompt's pairs short: redo it (from the cache)
-    else:
-        repair_tail(out)
-    return {str(row[key]) for row in read_jsonl(out) if key in row}
-
-
-def read_meta(out: Path) -> dict[str, Any]:
-    """The `<out>.meta.json` of a finished or running job, or {} when there is none (or it is torn)."""
-    try:
-        return json.loads(meta_path(out).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    """Consecutive slices of `size` items (the unit written between two flushes)."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

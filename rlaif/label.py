@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,8 @@ from typing import Any
 from tqdm import tqdm
 
 from rlaif import __version__
-from rlaif.backends import Backend, GenerationSettings, load_backend
-from rlaif.backends.default import cache_root
-from rlaif.cache import NullCache, ResultCache
+from rlaif.backends import Backend, GenerationSettings, parse_option_items
+from rlaif.backends.cached import open_backend
 from rlaif.constitution import (
     Constitution,
     Principle,
@@ -30,18 +30,14 @@ from rlaif.constitution import (
     load_constitution,
 )
 from rlaif.errors import RlaifError
-from rlaif.io import (
-    RecordWriter,
-    chunks,
-    config_digest,
-    meta_path,
-    prepare_output,
-    read_jsonl,
-    write_json,
-)
-from rlaif.prompts import Template, load_template
+from rlaif.io import with_ids
+from rlaif.templates import Template, load_template
+from rlaif.runs import Run, rows_by_key, run_chunks
+from rlaif.text import RATIONALE_STOPS, format_conversation, trim_rationale
 from rlaif.records import Label
-from rlaif.scoring import ScoringEngine
+from rlaif.options import ScoringEngine
+
+PAIR_FIELDS = ("prompt", "response_a", "response_b")
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ log = logging.getLogger(__name__)
 class LabelConfig:
     """How `rlaif label` judges pairs. Fields match the CLI flags one to one."""
 
-    model: str = field(default="default", metadata={"help": "Feedback model: `default` (embedded Gemma 3 270M), a Hugging Face id or a local directory."})
+    model: str = field(default="default", metadata={"help": "Feedback model: `default` (embedded Gemma 3 270M), a Hugging Face id or directory, or a server URL http://HOST:PORT/v1."})
     constitution: str = field(default="cai-harmless", metadata={"help": "Built-in constitution name or path of a YAML file."})
     principles: str = field(default="k", metadata={"help": "Principles per pair: `all`, `one` (one sampled per pair, as in CAI) or `k` (k sampled)."})
     k: int = field(default=4, metadata={"help": "How many principles to sample per pair with --principles k."})
@@ -62,20 +58,22 @@ class LabelConfig:
     clamp_high: float = field(default=0.6, metadata={"help": "CoT mode: upper bound of p_a."})
     max_rationale_tokens: int = field(default=128, metadata={"help": "CoT mode: longest rationale generated."})
     seed: int = field(default=0, metadata={"help": "Seed for principle sampling (combined with each pair's id)."})
-    batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one forward batch (rows x longest prompt)."})
     chunk_pairs: int = field(default=16, metadata={"help": "Pairs scored between two writes to the output file."})
     cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
-    dtype: str = field(default="float32", metadata={"help": "Model weights dtype: float32, bfloat16 or float16."})
+    backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The back end's own options (KEY=VALUE), e.g. dtype=bfloat16 or batch_tokens=4096 (transformers), concurrency=16 (server)."})
 
     def __post_init__(self) -> None:
         if self.principles not in ("all", "one", "k"):
             raise RlaifError(f"--principles must be all, one or k, not {self.principles!r}.")
         if not 0.0 <= self.clamp_low <= 0.5 <= self.clamp_high <= 1.0:
             raise RlaifError(f"Clamp bounds must satisfy 0 <= low <= 0.5 <= high <= 1, got [{self.clamp_low}, {self.clamp_high}].")
-        if self.few_shot < 0 or self.batch_tokens < 1 or self.chunk_pairs < 1:
-            raise RlaifError("--few-shot must be >= 0, --batch-tokens and --chunk-pairs >= 1.")
+        if self.few_shot < 0 or self.chunk_pairs < 1:
+            raise RlaifError("--few-shot must be >= 0 and --chunk-pairs >= 1.")
+        if self.principles == "k" and self.k < 1:
+            raise RlaifError(f"--k must be at least 1, got {self.k}.")
         self.only = tuple(self.only)
+        self.backend_options = parse_option_items(self.backend_options)
 
 
 class Labeller:
@@ -99,9 +97,12 @@ class Labeller:
             kind = "chain-of-thought few-shot" if config.cot else "few-shot"
             raise RlaifError(f"--few-shot {config.few_shot} asks for more examples than constitution "
                              f"{self.constitution.name!r} has ({len(examples)} {kind}); use at most {len(examples)}.")
-        self.backend = backend or load_backend(config.model, dtype=config.dtype, batch_tokens=config.batch_tokens)
-        cache = NullCache() if config.no_cache else ResultCache(Path(config.cache_dir or cache_root()) / "results.sqlite")
-        self.engine = ScoringEngine(self.backend, cache)
+        if config.principles == "k" and not config.only and config.k > len(self.constitution.principles):
+            raise RlaifError(f"--k {config.k} is more than the {len(self.constitution.principles)} principles of "
+                             f"{self.constitution.name!r}: use --k {len(self.constitution.principles)} or "
+                             "--principles all.")
+        self.backend = open_backend(config.model, config.backend_options, config.cache_dir, config.no_cache, backend)
+        self.engine = ScoringEngine(self.backend)
         self.engine.table(self.template.option_spellings())  # a tokenizer that cannot spell the options fails now
 
     def _check_template(self) -> None:
@@ -125,8 +126,9 @@ class Labeller:
         prompts = [self._render(pairs[i], principle, swapped) for i, principle, swapped in jobs]
         rationales: list[str] = [""] * len(prompts)
         if self.config.cot:
-            settings = GenerationSettings(max_new_tokens=self.config.max_rationale_tokens, seed=self.config.seed)
-            rationales = [trim_rationale(t) for t in self.engine.generate(prompts, settings)]
+            settings = GenerationSettings(max_new_tokens=self.config.max_rationale_tokens, seed=self.config.seed,
+                                          stop=RATIONALE_STOPS)
+            rationales = [trim_rationale(t) for t in self.backend.generate(prompts, [settings] * len(prompts))]
             prompts = [p + " " + r + self.template.answer_stub for p, r in zip(prompts, rationales)]
         results = self.engine.score(prompts, self.template.option_spellings())
         first, second = self.template.options
@@ -166,55 +168,36 @@ class Labeller:
         )
 
 
-def format_conversation(prompt: str) -> str:
-    """The conversation as the CAI format shows it: Human/Assistant turns, without a dangling 'Assistant:'."""
-    text = prompt.strip()
-    if text.endswith("Assistant:"):
-        text = text[: -len("Assistant:")].rstrip()
-    if not text.startswith("Human:"):
-        text = "Human: " + text
-    return text
-
-
-def trim_rationale(text: str) -> str:
-    """Keep the rationale up to where the model starts a new turn or answers on its own."""
-    for stop in ("\nHuman:", "\n\nHuman", "Therefore, the answer is", "\n\n\n", "Consider the following conversation"):
-        text = text.split(stop)[0]
-    return text.strip()
-
-
-def label_pairs(pairs: list[dict[str, str]], config: LabelConfig, out: str | Path, overwrite: bool = False,
-                backend: Backend | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Label `pairs`, appending Label rows to `out` and resuming what is already there.
+def label_pairs(pairs: Iterable[dict[str, str]], config: LabelConfig, out: str | Path, overwrite: bool = False,
+                backend: Backend | None = None, progress: bool = True, resume: bool = True,
+                inputs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """Label `pairs` (id optional), appending Label rows to `out` and resuming what is already there.
 
     Returns the label rows for `pairs`, in input order. A run killed at any point
     and started again finishes without recomputing cached results and without
-    duplicate or missing records.
+    duplicate or missing records. `resume=False` refuses an existing `out`;
+    `inputs`: the files `pairs` came from (an output that is one of them is refused).
     """
-    out = Path(out)
-    digest = config_digest(config)
-    done = prepare_output(out, digest, overwrite)
-    todo = [p for p in pairs if p["id"] not in done]
-    started = time.time()
-    labeller = Labeller(config, backend) if todo or not meta_path(out).exists() else None
-    loaded = time.time()
-    if labeller:
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest,
-                                    **labeller.meta(), "status": "running"})
-    if todo:
-        with RecordWriter(out) as writer, tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair",
-                                               desc="label", disable=not progress) as bar:
-            for chunk in chunks(todo, config.chunk_pairs):
-                writer.write_all(asdict(label) for label in labeller.label(chunk))
-                bar.update(len(chunk))
-    finished = time.time()
-    rows = {row["id"]: row for row in read_jsonl(out)} if out.exists() else {}
-    if labeller:
-        write_json(meta_path(out), {"config": asdict(config), "config_digest": digest,
-                                    **labeller.meta(), "status": "done", "pairs": len(rows),
-                                    "labelled_this_run": len(todo), "seconds_this_run": round(finished - loaded, 2),
-                                    "model_load_seconds": round(loaded - started, 2),
-                                    "cache_hits": labeller.engine.cache.hits, "cache_misses": labeller.engine.cache.misses})
+    pairs = with_ids(pairs, PAIR_FIELDS)
+    mode = "overwrite" if overwrite else ("resume" if resume else "new")
+    with Run(out, config, mode, inputs=inputs, stage="label") as run:
+        todo = list(run.todo(pairs))
+        orphans = len(run.done - {p["id"] for p in pairs})
+        started = time.time()
+        labeller = Labeller(config, backend) if todo or not run.old_meta else None
+        if labeller:
+            run.start(labeller.backend.model_id, **labeller.meta(), pairs_in_input=len(pairs))
+            loaded = time.time()
+            with tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair", desc="label",
+                      disable=not progress) as bar:
+                run_chunks(run, todo, lambda chunk: [asdict(x) for x in labeller.label(chunk)], config.chunk_pairs, bar)
+            cache = labeller.backend.cache
+            run.finish(pairs=len(run.done), labelled_this_run=len(todo), seconds_this_run=round(time.time() - loaded, 2),
+                       model_load_seconds=round(loaded - started, 2), cache_hits=cache.hits,
+                       cache_misses=cache.misses, orphans=orphans)
+        if orphans:
+            log.warning("%s holds %d label(s) whose ids are not in this input (kept; the input changed?).", out, orphans)
+    rows = rows_by_key(out, (p["id"] for p in pairs))
     missing = [p["id"] for p in pairs if p["id"] not in rows]
     if missing:
         raise RlaifError(f"{len(missing)} pair(s) have no label in {out}; rerun the same command to finish them.")

@@ -16,9 +16,9 @@ labelled by the feedback model (see revise_judge.py).
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,23 @@ import yaml
 from tqdm import tqdm
 
 from rlaif import __version__
-from rlaif.backends import Backend, GenerationSettings, load_backend
+from rlaif.backends import Backend, GenerationSettings, parse_option_items
+from rlaif.backends.cached import open_backend
 from rlaif.constitution import Constitution, Critique, load_constitution, pair_rng
 from rlaif.errors import RlaifError
-from rlaif.generate import (
+from rlaif.io import RecordWriter, read_jsonl, with_ids, write_json
+from rlaif.label import LabelConfig
+from rlaif.revise_judge import ChainJudge, judge_stats
+from rlaif.runs import Run, meta_path, run_chunks
+from rlaif.text import (
     check_decoding,
-    open_engine,
+    format_conversation,
     render_prompt,
     render_request,
     resolve_prompt_format,
     trim_response,
 )
-from rlaif.io import (
-    RecordWriter,
-    chunks,
-    config_digest,
-    meta_path,
-    prepare_output,
-    read_jsonl,
-    read_meta,
-    write_json,
-)
-from rlaif.label import format_conversation
-from rlaif.prompts import Template, load_template
+from rlaif.templates import Template, load_template
 from rlaif.resources import data_dir
 
 MODES = ("critique-revision", "check-as-context")
@@ -64,7 +58,7 @@ _VERDICT = re.compile(r"\A\W*(good|bad)\b", re.I)
 class ReviseConfig:
     """How `rlaif revise` builds chains. Fields match the CLI flags one to one."""
 
-    model: str = field(default="default", metadata={"help": "Policy model: `default` (embedded Gemma 3 270M), a Hugging Face id or a local directory."})
+    model: str = field(default="default", metadata={"help": "Policy model: `default` (embedded Gemma 3 270M), a Hugging Face id or directory, or a server URL http://HOST:PORT/v1."})
     constitution: str = field(default="cai-harmless", metadata={"help": "Constitution with critique/revision pairs (`critiques`): built-in name or YAML path."})
     mode: str = field(default="critique-revision", metadata={"help": "`critique-revision` (SL-CAI) or `check-as-context` (answer, self-check with a verdict, answer again)."})
     rounds: int = field(default=4, metadata={"help": "Critique/revision (or check/answer) rounds per prompt, a principle sampled for each."})
@@ -82,11 +76,11 @@ class ReviseConfig:
     judge_principles: str = field(default="k", metadata={"help": "Judge principles per pair: all, one or k (as `rlaif label --principles`)."})
     judge_k: int = field(default=4, metadata={"help": "Judge principles sampled per pair with --judge-principles k."})
     judge_template: str = field(default="cai-choice", metadata={"help": "Judge template (as `rlaif label --template`)."})
-    batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one batch; generation runs batch_tokens // 512 prompts at a time."})
     chunk_prompts: int = field(default=16, metadata={"help": "Prompts revised between two writes to the output file."})
     cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
-    dtype: str = field(default="float32", metadata={"help": "Model weights dtype: float32, bfloat16 or float16."})
+    backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The policy back end's own options (KEY=VALUE), e.g. dtype=bfloat16 (transformers), concurrency=16 (server)."})
+    judge_backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The judge back end's own options (KEY=VALUE)."})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,8 +95,10 @@ class ReviseConfig:
             raise RlaifError("--few-shot examples are critique/revision examples: use them with "
                              "--mode critique-revision.")
         check_decoding(self.top_p, self.max_new_tokens, self.prompt_format)
-        if self.batch_tokens < 1 or self.chunk_prompts < 1:
-            raise RlaifError("--batch-tokens and --chunk-prompts must be at least 1.")
+        if self.chunk_prompts < 1:
+            raise RlaifError("--chunk-prompts must be at least 1.")
+        self.backend_options = parse_option_items(self.backend_options)
+        self.judge_backend_options = parse_option_items(self.judge_backend_options)
 
 
 def load_generation_template(name_or_path: str | Path) -> Template:
@@ -148,11 +144,10 @@ class Reviser:
         self.templates = {role: load_generation_template(name) for role, name in names.items()}
         self.few_shot = load_few_shot(config.few_shot)
         self._check_templates()
-        self.backend = backend or load_backend(config.model, dtype=config.dtype, batch_tokens=config.batch_tokens)
+        self.backend = open_backend(config.model, config.backend_options, config.cache_dir, config.no_cache, backend)
         self.prompt_format = resolve_prompt_format(self.backend.tokenizer, config.prompt_format)
-        self.engine = open_engine(self.backend, config.cache_dir, config.no_cache)
         self.settings = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           top_p=config.top_p, seed=config.seed)
+                                           top_p=config.top_p, seed=config.seed, stop=CHAIN_STOPS)
 
     def _check_templates(self) -> None:
         """Render once with dummy values, so a template with an unknown variable fails before the model loads."""
@@ -173,12 +168,12 @@ class Reviser:
 
     def _generate(self, texts: list[str]) -> list[str]:
         prompts = [render_request(self.backend.tokenizer, text, self.prompt_format) for text in texts]
-        return [trim_response(t, CHAIN_STOPS) for t in self.engine.generate(prompts, self.settings)]
+        return [trim_response(t, CHAIN_STOPS) for t in self.backend.generate(prompts, [self.settings] * len(prompts))]
 
     def revise(self, prompts: list[dict[str, str]]) -> list[dict[str, Any]]:
         """One chain record for each prompt (dicts with id, prompt)."""
         rendered = [render_prompt(self.backend.tokenizer, p["prompt"], self.prompt_format) for p in prompts]
-        initial = [trim_response(t, CHAIN_STOPS) for t in self.engine.generate(rendered, self.settings)]
+        initial = [trim_response(t, CHAIN_STOPS) for t in self.backend.generate(rendered, [self.settings] * len(rendered))]
         states = [{"id": p["id"], "prompt": p["prompt"], "conversation": format_conversation(p["prompt"]),
                    "current": text, "initial": text, "rounds": [], "history": []} for p, text in zip(prompts, initial)]
         step = self._critique_round if self.config.mode == "critique-revision" else self._check_round
@@ -217,43 +212,49 @@ class Reviser:
             state["current"] = new
 
 
-def revise_prompts(prompts: list[dict[str, str]], config: ReviseConfig, out: str | Path, overwrite: bool = False,
-                   backend: Backend | None = None, judge_backend: Backend | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Build a chain for each prompt, appending to `out` and resuming by prompt id; returns the meta summary."""
-    from rlaif.revise_judge import ChainJudge, judge_stats  # noqa: PLC0415 (loads the labelling stack)
+def judge_label_config(config: ReviseConfig) -> LabelConfig:
+    """The labelling settings of the judge, from revise's --judge-* options."""
+    return LabelConfig(model=config.judge or "default", constitution=config.judge_constitution or config.constitution,
+                       principles=config.judge_principles, k=config.judge_k, template=config.judge_template,
+                       seed=config.seed, cache_dir=config.cache_dir, no_cache=config.no_cache,
+                       backend_options=config.judge_backend_options)
 
+
+def revise_prompts(prompts: Iterable[dict[str, str]], config: ReviseConfig, out: str | Path, overwrite: bool = False,
+                   backend: Backend | None = None, judge_backend: Backend | None = None,
+                   progress: bool = True, resume: bool = True, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Build a chain for each prompt (prompt, id optional), appending to `out` and resuming by prompt id;
+    returns the meta summary."""
+    prompts = with_ids(prompts, ("prompt",))
     if not prompts:
         raise RlaifError("No prompts given: pass a file with at least one {\"prompt\": ...} record.")
-    out = Path(out)
-    digest = config_digest(config)
-    done = prepare_output(out, digest, overwrite)
-    todo = [p for p in prompts if p["id"] not in done]
-    if not todo and (old := read_meta(out)).get("status") == "done":
-        return {**old, "prompts_this_run": 0, "seconds_this_run": 0.0}
-    reviser = Reviser(config, backend)
-    if config.judge and judge_backend is None and config.judge == config.model:
-        judge_backend = reviser.backend
-    judge = ChainJudge(config, judge_backend) if config.judge else None
-    base = {"config": asdict(config), "config_digest": digest, **reviser.meta(),
-            **({"judge": judge.meta()} if judge else {})}
-    write_json(meta_path(out), {**base, "status": "running"})
-    started = time.time()
-    with RecordWriter(out) as writer, tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
-                                           desc="revise", disable=not progress) as bar:
-        for chunk in chunks(todo, config.chunk_prompts):
+    mode = "overwrite" if overwrite else ("resume" if resume else "new")
+    with Run(out, config, mode, inputs=inputs, stage="revise") as run:
+        todo = list(run.todo(prompts))
+        if not todo and run.old_meta.get("status") == "done":
+            return {**run.old_meta, "prompts_this_run": 0, "seconds_this_run": 0.0}
+        reviser = Reviser(config, backend)
+        if config.judge and judge_backend is None and config.judge == config.model \
+                and config.judge_backend_options == config.backend_options:
+            judge_backend = reviser.backend
+        judge = ChainJudge(judge_label_config(config), judge_backend) if config.judge else None
+        run.start(reviser.backend.model_id, **reviser.meta(), **({"judge": judge.meta()} if judge else {}))
+
+        def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
             chains = reviser.revise(chunk)
             if judge:
                 judge.judge(chains)
-            writer.write_all(chains)
-            bar.update(len(chunk))
-    chains = list(read_jsonl(out))
-    summary = {"status": "done", "prompts": len(prompts), "prompts_this_run": len(todo), "chains_in_file": len(chains),
-               **chain_counts(chains), "seconds_this_run": round(time.time() - started, 2)}
-    if judge:
-        summary["judge_stats"] = judge_stats(chains)
-    write_json(meta_path(out), {**base, **summary})
-    return summary
+            return chains
+
+        with tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="revise",
+                  disable=not progress) as bar:
+            run_chunks(run, todo, work, config.chunk_prompts, bar)
+        chains = list(read_jsonl(out))
+        summary = {"prompts": len(prompts), "prompts_this_run": len(todo), "chains_in_file": len(chains),
+                   **chain_counts(chains)}
+        if judge:
+            summary["judge_stats"] = judge_stats(chains)
+        return run.finish(**summary)
 
 
 def chain_counts(chains: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,22 +20,13 @@ from typing import Any
 from rlaif.backends import Backend
 from rlaif.label import LabelConfig, Labeller
 from rlaif.records import content_id
-from rlaif.revise import ReviseConfig
-
-
-def judge_label_config(config: ReviseConfig) -> LabelConfig:
-    """The labelling settings of the judge, from revise's --judge-* options."""
-    return LabelConfig(model=config.judge or "default", constitution=config.judge_constitution or config.constitution,
-                       principles=config.judge_principles, k=config.judge_k, template=config.judge_template,
-                       seed=config.seed, batch_tokens=config.batch_tokens, cache_dir=config.cache_dir,
-                       no_cache=config.no_cache, dtype=config.dtype)
 
 
 class ChainJudge:
     """Labels revise chains in place: `p_better` on every round, `p_final_better` on the chain."""
 
-    def __init__(self, config: ReviseConfig, backend: Backend | None = None):
-        self.labeller = Labeller(judge_label_config(config), backend)
+    def __init__(self, config: LabelConfig, backend: Backend | None = None):
+        self.labeller = Labeller(config, backend)
         self.labeller.engine.table(self.labeller.template.option_spellings())  # unspellable options fail now
 
     def meta(self) -> dict[str, Any]:

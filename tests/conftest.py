@@ -109,6 +109,7 @@ class FakeBackend:
                  rationale: Callable[[str], str] | str = "", model_id: str = "fake-model"):
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.context_length: int | None = None
         self.rules = rules
         self.rationale = rationale
         self.calls = 0  # token_logprobs calls

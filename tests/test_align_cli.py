@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import rlaif.label
-from rlaif.align_report import compare_reports, format_table, render_markdown
+from rlaif.align.report import compare_reports, format_table, render_markdown
 from rlaif.cli import cli
 
 HUMANS = [
@@ -112,7 +112,7 @@ def test_align_labels_with_fake_labeller(tmp_path, monkeypatch):
     humans = [{"prompt": f"q{i}", "chosen": "x" * (i + 1), "rejected": "y" * (8 - i)} for i in range(8)]
     calls = {}
 
-    def fake_label_pairs(pairs, config, out, overwrite=False):  # prefers the longer response
+    def fake_label_pairs(pairs, config, out, overwrite=False, **_):  # prefers the longer response
         calls.update(pairs=pairs, config=config, out=out, overwrite=overwrite)
         return [{**p, "p_a": p_a, "p_a_ab": p_a, "p_a_ba": p_a, "by_principle": {}, "option_mass": 0.5,
                  "meta": {"model": config.model}}

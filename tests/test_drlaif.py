@@ -157,8 +157,8 @@ def test_ppo_step_uses_the_drlaif_scores_of_the_decoded_texts(tiny_model_dir, tm
     """One PPO run rewarded by d-RLAIF on a feedback model with another tokenizer than the policy's."""
     import trl.experimental.ppo.ppo_trainer as ppo_trainer
 
-    from rlaif.ppo import PPORunConfig, run_ppo
-    from rlaif.ppo_rewards import TextRewardModel
+    from rlaif.rl.ppo import PPORunConfig, run_ppo
+    from rlaif.rl.rewards import TextRewardModel
 
     words = "how do i bake bread can you help me good bad yes no".split()
     vocab = {"<pad>": 0, "<unk>": 1, "<eos>": 2, **{w: i + 3 for i, w in enumerate(words)}}

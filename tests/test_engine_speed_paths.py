@@ -15,7 +15,7 @@ import torch
 
 from rlaif.backends import TokenRequest
 from rlaif.backends.hf import HFBackend, default_threads, set_threads
-from rlaif.backends.prefix_tree import length_batches, prefix_tree
+from rlaif.backends.hf.prefix_tree import length_batches, prefix_tree
 from rlaif.errors import RlaifError
 
 

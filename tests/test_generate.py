@@ -17,12 +17,9 @@ from rlaif.generate import (
     GenerateConfig,
     form_pairs,
     generate_pairs,
-    render_prompt,
-    resolve_prompt_format,
     sample_settings,
-    to_messages,
-    trim_response,
 )
+from rlaif.text import render_prompt, resolve_prompt_format, to_messages, trim_response
 from rlaif.io import read_records, read_rows
 
 PROMPTS = [{"id": "p1", "prompt": "hello"}, {"id": "p2", "prompt": "what is two plus two ?"},
@@ -36,13 +33,14 @@ class CountingBackend:
         self.inner = inner
         self.tokenizer = inner.tokenizer
         self.model_id = inner.model_id
+        self.context_length = inner.context_length
         self.generated: list[tuple[str, int]] = []
 
     def token_logprobs(self, requests):
         return self.inner.token_logprobs(requests)
 
     def generate(self, prompts, settings):
-        self.generated += [(p, settings.seed) for p in prompts]
+        self.generated += [(p, s.seed) for p, s in zip(prompts, settings)]
         return self.inner.generate(prompts, settings)
 
 
@@ -125,7 +123,7 @@ def test_same_seed_same_pairs_and_larger_n_samples_only_new(hf_backend, tmp_path
     new_seeds = sorted({seed for _, seed in backend.generated[6:]})
     assert len(backend.generated) == 12 and new_seeds == [2, 3] and four["samples_from_cache"] == 6
     # without any cache, other chunking and batching: the same texts
-    fresh = generate_pairs(PROMPTS, config(n=4, chunk_prompts=1, batch_tokens=512), tmp_path / "c.jsonl",
+    fresh = generate_pairs(PROMPTS, config(n=4, chunk_prompts=1, backend_options={"batch_tokens": 512}), tmp_path / "c.jsonl",
                            backend=hf_backend, progress=False)
     assert fresh["samples_generated"] == 12
     assert lines(tmp_path / "c.jsonl") == lines(tmp_path / "b.jsonl")

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.errors import RlaifError
+from rlaif.text import as_text
 from rlaif.io import (
     RecordWriter,
-    as_text,
     done_ids,
     drop_last_group,
     read_records,

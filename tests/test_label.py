@@ -10,7 +10,7 @@ import pytest
 
 from rlaif.constitution import choose_principles, load_constitution
 from rlaif.errors import RlaifError
-from rlaif.io import meta_path
+from rlaif.runs import meta_path
 from rlaif.label import LabelConfig, Labeller, label_pairs
 from rlaif.resources import data_dir
 
@@ -194,7 +194,10 @@ def test_labeller_uses_the_seeded_choice(make_fake):
     for pair, label in zip(pairs, labels):
         assert set(label.by_principle) == {p.id for p in choose_principles(cai, "k", pair["id"], seed=7, k=2)}
         assert label.p_a == pytest.approx(0.5, abs=1e-12)  # uniform fake: no preference
-    assert len(fake.contexts) == 5 * 2 * 2
+    # the 5 pairs share their text: each (principle, order) prompt is scored once, however many pairs ask for it
+    wanted = {(p.id, swapped) for pair in pairs for p in choose_principles(cai, "k", pair["id"], seed=7, k=2)
+              for swapped in (False, True)}
+    assert len(fake.contexts) == len(set(fake.contexts)) == len(wanted)
 
 
 def test_unknown_principle_says_did_you_mean(make_fake):

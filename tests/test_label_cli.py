@@ -70,7 +70,7 @@ def test_label_happy_path_on_a_tiny_model(tiny_model_dir, pairs_file, tmp_path):
     # Labels do not depend on how prompts are batched.
     other = tmp_path / "one-by-one.jsonl"
     result = run("--input", pairs_file, "--out", str(other), "--model", tiny_model_dir, "--principles", "k",
-                 "--k", "2", "--no-cache", "--batch-tokens", "1")
+                 "--k", "2", "--no-cache", "--backend-option", "batch_tokens=1")
     assert result.exit_code == 0, result.output
     assert [r["p_a"] for r in lines(other)] == pytest.approx([r["p_a"] for r in rows], abs=1e-5)
     # --resume on a finished file: nothing redone, nothing duplicated.

@@ -25,7 +25,7 @@ from rlaif.revise import (
     sft_records,
 )
 from rlaif.revise_judge import judge_stats, share_stats
-from rlaif.rm_data import load_preferences
+from rlaif.rm.data import load_preferences
 
 PROMPTS = [{"id": "h", "prompt": "hello"}, {"id": "b", "prompt": "bye"}]
 CAI = load_constitution("cai-harmless")

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from rlaif.backends.hf import HFBackend
+from rlaif.backends.cached import CachedBackend
 from rlaif.cache import ResultCache
 from rlaif.errors import RlaifError
-from rlaif.scoring import ScoringEngine, SpellingTable
+from rlaif.options import ScoringEngine, SpellingTable
 
 AB = {"A": ["A"], "B": ["B"]}
 
@@ -96,34 +97,39 @@ def test_zero_probability_for_every_option_is_an_error(make_fake):
 def test_second_call_is_served_from_the_cache(make_fake, tmp_path):
     rules = [("hello", {"A": 0.6, "B": 0.2})]
     fake = make_fake(rules)
-    engine = ScoringEngine(fake, ResultCache(tmp_path / "c.sqlite"))
+    engine = ScoringEngine(CachedBackend(fake, ResultCache(tmp_path / "c.sqlite")))
     first = engine.score(["Human : hello", "Human : bye"], AB)
     assert fake.calls == 1
     again = engine.score(["Human : bye", "Human : hello"], AB)
     assert fake.calls == 1 and [r.probs for r in again] == [first[1].probs, first[0].probs]
     # A new engine on the same file (a rerun) also hits; new spellings or a new prompt miss.
     other = make_fake(rules)
-    rerun = ScoringEngine(other, ResultCache(tmp_path / "c.sqlite"))
+    rerun = ScoringEngine(CachedBackend(other, ResultCache(tmp_path / "c.sqlite")))
     assert rerun.score(["Human : hello"], AB)[0].probs == first[0].probs and other.calls == 0
     rerun.score(["Human : hello"], {"A": ["A", "yes"], "B": ["B"]})
     rerun.score(["Human : hello hello"], AB)
     assert other.calls == 2
     # Another model id never reads this model's results.
     third = make_fake(rules, model_id="other-model")
-    ScoringEngine(third, ResultCache(tmp_path / "c.sqlite")).score(["Human : hello"], AB)
+    ScoringEngine(CachedBackend(third, ResultCache(tmp_path / "c.sqlite"))).score(["Human : hello"], AB)
     assert third.calls == 1
 
 
-def test_generate_is_cached_by_prompt_and_sample(make_fake, tmp_path):
+def test_generate_is_cached_by_prompt_and_settings(make_fake, tmp_path):
+    from dataclasses import replace
+
     from rlaif.backends import GenerationSettings
 
     fake = make_fake([], rationale=lambda p: "because " + p.split()[-1])
-    engine = ScoringEngine(fake, ResultCache(tmp_path / "c.sqlite"))
+    backend = CachedBackend(fake, ResultCache(tmp_path / "c.sqlite"))
     settings = GenerationSettings(max_new_tokens=4)
-    assert engine.generate(["yes", "no"], settings) == ["because yes", "because no"]
-    assert engine.generate(["no", "yes"], settings) == ["because no", "because yes"] and fake.generate_calls == 1
-    engine.generate(["yes"], settings, sample=1)
+    assert backend.generate(["yes", "no"], [settings] * 2) == ["because yes", "because no"]
+    assert backend.generate(["no", "yes"], [settings] * 2) == ["because no", "because yes"]
+    assert fake.generate_calls == 1
+    backend.generate(["yes"], [replace(settings, seed=1)])  # another sample's seed misses
     assert fake.generate_calls == 2
+    # the same request twice in one call runs once
+    assert backend.generate(["new", "new"], [settings] * 2) == ["because new"] * 2 and fake.generated_for[-1:] == ["new"]
 
 
 # ---- the transformers back end on a tiny real model -------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from rlaif.backends.hf import HFBackend
 from rlaif.label import LabelConfig, Labeller
-from rlaif.prompts import builtin_templates, load_template
+from rlaif.templates import builtin_templates, load_template
 
 CHOICE = ["cai-choice", "cai-choice-cot", "cai-choice-late"]
 PAIRS = [{"id": f"p{i}", "prompt": "Human: the cat sat on the mat and the dog is good",

@@ -16,7 +16,7 @@ from rlaif.align import (
     match_labels,
     read_human_pairs,
 )
-from rlaif.align_report import (
+from rlaif.align.report import (
     PLOT_HINT,
     compare_reports,
     format_table,
@@ -118,7 +118,7 @@ def _label(humans: list[dict], config: labelling.LabelConfig, out_dir: Path, ove
     with RecordWriter(out_dir / "pairs.jsonl", overwrite=True) as writer:
         writer.write_all(pairs)
     to_label = [{k: p[k] for k in ("id", "prompt", "response_a", "response_b")} for p in pairs]
-    return labelling.label_pairs(to_label, config, out_dir / "labels.jsonl", overwrite=overwrite)
+    return labelling.label_pairs(to_label, config, out_dir / "labels.jsonl", overwrite=overwrite, inputs=[out_dir / "pairs.jsonl"])
 
 
 def _labeller_meta(labels: list[dict]) -> dict[str, Any]:

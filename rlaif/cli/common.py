@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -24,6 +26,7 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
         flags = [o for o in param.opts if o.startswith("--")] or [param.name]
         for flag in flags:
             names[flag.lstrip("-").split("/")[0].replace("-", "_")] = param.name
+        names.setdefault(param.name, param.name)  # `backend_options:` as well as `backend_option:`
     try:
         values = load_yaml_config(value, set(names))
     except RlaifError as err:
@@ -37,7 +40,7 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
 def _as_list(value: Any) -> Any:
     """A repeatable flag from YAML: a scalar is one value, a mapping is KEY=VALUE items (column_map)."""
     if isinstance(value, dict):
-        return [f"{key}={val}" for key, val in value.items()]
+        return [f"{key}={item}" for key, val in value.items() for item in (val if isinstance(val, list) else [val])]
     if isinstance(value, (str, int, float)):
         return [value]
     return value
@@ -70,7 +73,8 @@ def field_option_factory(config_class: type) -> Callable[..., Any]:
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn `RlaifError` (bad input) into click's one-line `Error: ...` and exit code 1."""
+    """Turn `RlaifError` (bad input) into click's one-line `Error: ...` and exit code 1; Ctrl-C into one line
+    naming the command that continues the run, and exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,5 +82,36 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except RlaifError as err:
             raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo(f"\nInterrupted; finished records are kept. Continue with: {resume_command()}", err=True)
+            sys.exit(130)
 
     return wrapper
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that continues this run: the same, with --resume instead of --overwrite."""
+    argv = list(sys.argv if argv is None else argv)
+    args = [a for a in argv[1:] if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["rlaif", *args])
+
+
+def model_options(prefix: str = "", role: str = "Model") -> Callable[..., Any]:
+    """`--model` and repeatable `--backend-option KEY=VALUE` (with `prefix`: `--judge-backend-option`, ...)."""
+    flag = f"--{prefix}backend-option"
+    name = f"{prefix.replace('-', '_')}backend_options"
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return click.option(flag, name, multiple=True, metavar="KEY=VALUE",
+                            help=f"{role} back end's own option, e.g. dtype=bfloat16 or batch_tokens=4096 "
+                                 "(transformers), concurrency=16 or urls=http://host2:8000/v1 (server). "
+                                 "Repeatable; in --config a mapping.")(func)
+
+    return decorate
+
+
+def run_mode_check(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pass one.")

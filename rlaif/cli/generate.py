@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlaif.cli.common import config_option, one_line_errors
-from rlaif.generate import PROMPT_FORMATS, GenerateConfig, generate_pairs
-from rlaif.io import check_output, meta_path, parse_column_map, read_records
+from rlaif.backends import check_options
+from rlaif.cli.common import config_option, model_options, one_line_errors, run_mode_check
+from rlaif.generate import GenerateConfig, generate_pairs
+from rlaif.io import parse_column_map, read_records
+from rlaif.runs import meta_path
+from rlaif.text import PROMPT_FORMATS
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(GenerateConfig)}
 
@@ -26,6 +28,7 @@ _HELP = {f.name: f.metadata.get("help", "") for f in fields(GenerateConfig)}
 @click.option("--resume", is_flag=True, help="Continue an existing --out file (done prompts are kept, not redone).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (cached samples are still reused).")
 @click.option("--model", default="default", help=_HELP["model"])
+@model_options(role="The policy's")
 @click.option("--n", type=int, default=2, help=_HELP["n"])
 @click.option("--pairs", type=click.Choice(["adjacent", "all"]), default="adjacent", help=_HELP["pairs"])
 @click.option("--temperature", type=float, default=1.0, help=_HELP["temperature"])
@@ -33,11 +36,9 @@ _HELP = {f.name: f.metadata.get("help", "") for f in fields(GenerateConfig)}
 @click.option("--max-new-tokens", type=int, default=128, help=_HELP["max_new_tokens"])
 @click.option("--seed", type=int, default=0, help=_HELP["seed"])
 @click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="auto", help=_HELP["prompt_format"])
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"])
 @click.option("--chunk-prompts", type=click.IntRange(min=1), default=16, help=_HELP["chunk_prompts"])
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"])
 @click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"])
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help=_HELP["dtype"])
 @one_line_errors
 def generate(prompts_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool,
              overwrite: bool, **options: Any) -> None:
@@ -46,13 +47,12 @@ def generate(prompts_path: str, out: str, column_map: tuple[str, ...], limit: in
     Identical or empty responses are dropped (and counted). The output is the
     pair format `rlaif label --input` reads.
     """
+    run_mode_check(resume, overwrite)
     config = GenerateConfig(**options)
-    check_output(out)
-    if Path(out).exists() and not (resume or overwrite):
-        raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
+    check_options(config.model, config.backend_options)
     prompts = read_records(prompts_path, ["prompt"], parse_column_map(column_map))
     prompts = prompts[:limit] if limit else prompts
-    summary = generate_pairs(prompts, config, out, overwrite=overwrite)
+    summary = generate_pairs(prompts, config, out, overwrite=overwrite, resume=resume, inputs=[prompts_path])
     dropped = summary["dropped_identical"] + summary["dropped_duplicate"] + summary["dropped_empty"]
     click.echo(f"{summary['prompts_this_run']} prompt(s) this run: wrote {summary['pairs_this_run']} pairs, dropped "
                f"{dropped} ({summary['dropped_identical']} identical, {summary['dropped_duplicate']} duplicate, "

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlaif.cli.common import config_option, one_line_errors
-from rlaif.io import check_output, done_ids, meta_path, parse_column_map, read_records
+from rlaif.backends import check_options
+from rlaif.cli.common import config_option, model_options, one_line_errors, run_mode_check
+from rlaif.io import parse_column_map, read_records
+from rlaif.runs import meta_path, read_meta
 from rlaif.label import LabelConfig, label_pairs
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(LabelConfig)}
@@ -21,6 +21,7 @@ def label_model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The labelling options shared by `label`, `align` and friends (they become a LabelConfig)."""
     options = [
         click.option("--model", default="default", help=_HELP["model"]),
+        model_options(role="The feedback model's"),
         click.option("--constitution", default="cai-harmless", help=_HELP["constitution"]),
         click.option("--principles", type=click.Choice(["all", "one", "k"]), default="k", help=_HELP["principles"]),
         click.option("--k", type=click.IntRange(min=1), default=4, help=_HELP["k"]),
@@ -32,11 +33,9 @@ def label_model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--clamp-high", type=float, default=0.6, help=_HELP["clamp_high"]),
         click.option("--max-rationale-tokens", type=click.IntRange(min=1), default=128, help=_HELP["max_rationale_tokens"]),
         click.option("--seed", type=int, default=0, help=_HELP["seed"]),
-        click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"]),
         click.option("--chunk-pairs", type=click.IntRange(min=1), default=16, help=_HELP["chunk_pairs"]),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"]),
         click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"]),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help=_HELP["dtype"]),
     ]
     for option in reversed(options):
         func = option(func)
@@ -67,29 +66,32 @@ def label(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
     Each pair is judged under the chosen principles in both orders; the
     output holds p_a (probability that response A is better) and its parts.
     """
+    run_mode_check(resume, overwrite)
     config = label_config(options)
-    out_path = Path(out)
-    check_output(out_path)
-    if out_path.exists() and not (resume or overwrite):
-        raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
+    check_options(config.model, config.backend_options)
     pairs = read_records(input_path, ["prompt", "response_a", "response_b"], parse_column_map(column_map))
     pairs = pairs[:limit] if limit else pairs
-    before = set() if overwrite else done_ids(out_path)
-    rows = label_pairs(pairs, config, out_path, overwrite=overwrite)
-    new = sum(pair["id"] not in before for pair in pairs)
-    run = json.loads(meta_path(out).read_text(encoding="utf-8")) if new else {}
-    seconds = run.get("seconds_this_run", 0.0)
+    rows = label_pairs(pairs, config, out, overwrite=overwrite, resume=resume, inputs=[input_path])
+    run = read_meta(out)
+    new, seconds = run.get("labelled_this_run", 0), run.get("seconds_this_run", 0.0)
     a_wins = sum(row["p_a"] > 0.5 for row in rows)
     mass = sum(row["option_mass"] for row in rows) / len(rows)
+    hits = run.get("cache_hits", 0)
     if new and seconds >= 0.5:
         click.echo(f"Labelled {new} pairs in {seconds:.1f}s ({new / seconds:.2f} pairs/s; "
                    f"model ready in {run.get('model_load_seconds', 0.0):.1f}s).")
     elif new:
-        click.echo(f"Labelled {new} pairs in {seconds:.1f}s (raw results from the cache).")
+        source = " (raw results from the cache)" if hits else ""
+        click.echo(f"Labelled {new} pairs in {seconds:.1f}s{source}.")
     else:
         click.echo(f"All {len(rows)} pairs were labelled already (nothing to do).")
     click.echo(f"{len(rows)} pairs: A preferred in {a_wins}, B in {len(rows) - a_wins}; mean option mass {mass:.3f}.")
     click.echo(f"Wrote {out} and {meta_path(out)}.")
-    if mass < 0.2:
-        click.echo(f"Warning: the options got only {mass:.0%} of the model's probability; "
-                   "the template may not suit this model.", err=True)
+    warn_low_mass(mass, min(row["option_mass"] for row in rows))
+
+
+def warn_low_mass(mean: float, low: float, what: str = "options") -> None:
+    """The template may not suit the model when its answers get little of the probability."""
+    if mean < 0.5:
+        click.echo(f"Warning: the {what} got only {mean:.0%} of the model's probability on average "
+                   f"(lowest {low:.0%}); the template may not suit this model (see `rlaif align`).", err=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlaif.cli.common import config_option, one_line_errors
-from rlaif.generate import PROMPT_FORMATS
-from rlaif.io import check_output, meta_path, parse_column_map, read_records
+from rlaif.backends import check_options
+from rlaif.cli.common import config_option, model_options, one_line_errors, run_mode_check
+from rlaif.io import parse_column_map, read_records
+from rlaif.runs import meta_path
+from rlaif.text import PROMPT_FORMATS
 from rlaif.revise import EXPORTS, MODES, ReviseConfig, export_chains, revise_prompts
 
 _HELP = {f.name: f.metadata.get("help", "") for f in fields(ReviseConfig)}
@@ -20,6 +21,7 @@ def revise_options(func: Any) -> Any:
     """The options that become a ReviseConfig."""
     options = [
         click.option("--model", default="default", help=_HELP["model"]),
+        model_options(role="The policy's"),
         click.option("--constitution", default="cai-harmless", help=_HELP["constitution"]),
         click.option("--mode", type=click.Choice(MODES), default="critique-revision", help=_HELP["mode"]),
         click.option("--rounds", type=click.IntRange(min=1), default=4, help=_HELP["rounds"]),
@@ -33,17 +35,15 @@ def revise_options(func: Any) -> Any:
         click.option("--revision-template", default="cai-revision", help=_HELP["revision_template"]),
         click.option("--check-template", default="check-as-context", help=_HELP["check_template"]),
         click.option("--judge", default=None, help=_HELP["judge"]),
+        model_options(prefix="judge-", role="The judge's"),
         click.option("--judge-constitution", default=None, help=_HELP["judge_constitution"]),
         click.option("--judge-principles", type=click.Choice(["all", "one", "k"]), default="k",
                      help=_HELP["judge_principles"]),
         click.option("--judge-k", type=click.IntRange(min=1), default=4, help=_HELP["judge_k"]),
         click.option("--judge-template", default="cai-choice", help=_HELP["judge_template"]),
-        click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help=_HELP["batch_tokens"]),
         click.option("--chunk-prompts", type=click.IntRange(min=1), default=16, help=_HELP["chunk_prompts"]),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help=_HELP["cache_dir"]),
         click.option("--no-cache", is_flag=True, default=False, help=_HELP["no_cache"]),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-                     help=_HELP["dtype"]),
     ]
     for option in reversed(options):
         func = option(func)
@@ -74,14 +74,14 @@ def revise(prompts_path: str, out: str, column_map: tuple[str, ...], limit: int 
     With --judge, a feedback model says per round whether the revision beat the
     text it revised.
     """
+    run_mode_check(resume, overwrite)
     config = ReviseConfig(**options)
-    check_output(out)
-    if Path(out).exists() and not (resume or overwrite):
-        raise click.ClickException(f"{out} exists: pass --resume to continue it (or to export it again) "
-                                   "or --overwrite to replace it.")
+    check_options(config.model, config.backend_options)
+    if config.judge:
+        check_options(config.judge, config.judge_backend_options)
     prompts = read_records(prompts_path, ["prompt"], parse_column_map(column_map))
     prompts = prompts[:limit] if limit else prompts
-    summary = revise_prompts(prompts, config, out, overwrite=overwrite)
+    summary = revise_prompts(prompts, config, out, overwrite=overwrite, resume=resume, inputs=[prompts_path])
     click.echo(f"{summary['prompts_this_run']} prompt(s) revised this run; {out} holds {summary['chains_in_file']} "
                f"chains, {summary['rounds']} rounds ({summary['empty_revisions']} empty revisions kept the previous "
                f"text; {summary['final_same_as_initial']} finals equal their initial response).")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlaif.cli.common import config_option, one_line_errors
+from rlaif.backends import check_options
+from rlaif.cli.common import config_option, model_options, one_line_errors, run_mode_check
+from rlaif.cli.label import warn_low_mass
 from rlaif.drlaif import ScoreConfig, score_records
-from rlaif.io import check_output, meta_path, parse_column_map, read_records
+from rlaif.io import parse_column_map, read_records
+from rlaif.runs import meta_path
 
 
 @click.command("score")
@@ -21,28 +23,25 @@ from rlaif.io import check_output, meta_path, parse_column_map, read_records
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N records.")
 @click.option("--resume", is_flag=True, help="Continue an existing --out file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--model", default="default", help="Feedback model: `default`, a Hugging Face id or a local directory.")
+@click.option("--model", default="default", help="Feedback model: `default`, a Hugging Face id or directory, or a server URL http://HOST:PORT/v1.")
+@model_options(role="The feedback model's")
 @click.option("--constitution", default="cai-harmless", help="Built-in constitution name or YAML path.")
 @click.option("--principle", multiple=True, help="Principle id to rate by (repeat to average several). Default: the first.")
 @click.option("--template", default="drlaif-score", help="Rating template: built-in name or .j2 path.")
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, help="Token budget of one forward batch.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Raw-result cache directory.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the raw-result cache.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", help="Model weights dtype.")
 @one_line_errors
 def score(input_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool, overwrite: bool,
           **options: Any) -> None:
     """Rate single responses 1-10 with the feedback model (d-RLAIF); score = (E[rating] - 5.5) / 4.5."""
-    check_output(out)
-    if Path(out).exists() and not (resume or overwrite):
-        raise click.ClickException(f"{out} exists: pass --resume to continue it or --overwrite to replace it.")
+    run_mode_check(resume, overwrite)
+    config = ScoreConfig(**options)
+    check_options(config.model, config.backend_options)
     records = read_records(input_path, ["prompt", "response"], parse_column_map(column_map))
     records = records[:limit] if limit else records
-    rows = score_records(records, ScoreConfig(**options), out, overwrite=overwrite)
+    rows = score_records(records, config, out, overwrite=overwrite, resume=resume, inputs=[input_path])
     mean = sum(row["score"] for row in rows) / len(rows)
     click.echo(f"Scored {len(rows)} responses: mean score {mean:+.3f} (mean rating {5.5 + 4.5 * mean:.2f}/10).")
     click.echo(f"Wrote {out} and {meta_path(out)}.")
     mass = sum(row["option_mass"] for row in rows) / len(rows)
-    if mass < 0.2:
-        click.echo(f"Warning: the ratings got only {mass:.0%} of the model's probability; "
-                   "the template may not suit this model.", err=True)
+    warn_low_mass(mass, min(row["option_mass"] for row in rows), "ratings")

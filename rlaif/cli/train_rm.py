@@ -9,7 +9,7 @@ import click
 
 from rlaif.cli.common import config_option, field_option_factory, one_line_errors
 from rlaif.io import check_output
-from rlaif.reward_model import TrainRMConfig
+from rlaif.rm import TrainRMConfig
 
 _option = field_option_factory(TrainRMConfig)
 _POSITIVE = click.IntRange(min=1)
@@ -50,7 +50,7 @@ def train_rm(overwrite: bool, **options: Any) -> None:
     agreement with and calibration against the AI labels, reward mean/std for PPO.
     --eval-only judges an existing reward model (--base-model, default OUT) instead.
     """
-    from rlaif.reward_model import evaluate_saved_model, train_reward_model  # noqa: PLC0415
+    from rlaif.rm import evaluate_saved_model, train_reward_model  # noqa: PLC0415
 
     out = Path(options["out"])
     check_output(out, directory=True)
@@ -66,7 +66,7 @@ def train_rm(overwrite: bool, **options: Any) -> None:
         sections.update({f"human: {name}": values for name, values in result["human"].items()})
     else:
         result = train_reward_model(config)
-        from rlaif.rm_eval import metric_sections  # noqa: PLC0415
+        from rlaif.rm.eval import metric_sections  # noqa: PLC0415
 
         sections = metric_sections(result)
         click.echo(f"Reward model saved to {config.out} (README.md, metrics.json).")

@@ -9,7 +9,7 @@ Multi-token spellings ("10" = "1" "0") are scored exactly: the spellings form
 a trie, and one sequence (prompt + the longest shared path) yields every
 log-prob needed. A spelling that is a strict prefix of another option's
 spelling ("1" of "10") gets only its exclusive share: P("1") - P("10").
-Raw results (log P of each spelling) are cached by content hash.
+Raw results are cached by the back end's wrapper (rlaif.backends.cached).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rlaif.backends import Backend, GenerationSettings, TokenRequest
-from rlaif.cache import NullCache, ResultCache, cache_key
+from rlaif.backends import Backend, TokenRequest
 from rlaif.errors import RlaifError
 
 
@@ -96,11 +95,10 @@ def spell(tokenizer, text: str, model_id: str = "model") -> tuple[int, ...]:
 
 
 class ScoringEngine:
-    """Score option sets after prompts, through a back end, with a content-addressed cache."""
+    """Score option sets after prompts through a back end (wrap it in backends.cached.CachedBackend to cache)."""
 
-    def __init__(self, backend: Backend, cache: ResultCache | NullCache | None = None):
+    def __init__(self, backend: Backend):
         self.backend = backend
-        self.cache = cache or NullCache()
         self._tables: dict[str, SpellingTable] = {}
         self.forward_tokens = 0
 
@@ -110,42 +108,25 @@ class ScoringEngine:
             self._tables[key] = SpellingTable(self.backend.tokenizer, spellings, self.backend.model_id)
         return self._tables[key]
 
-    def score(self, prompts: list[str], spellings: dict[str, list[str]]) -> list[OptionResult]:
-        table = self.table(spellings)
-        keys = [cache_key(self.backend.model_id, "options", [prompt, spellings]) for prompt in prompts]
-        raw = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if key not in raw]
-        if missing:
-            fresh = self._run(table, [prompts[i] for i in missing])
-            self.cache.put_many({keys[i]: value for i, value in zip(missing, fresh)})
-            raw.update({keys[i]: value for i, value in zip(missing, fresh)})
-        return [_result(table, raw[key]) for key in keys]
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids as the model reads them (with the tokenizer's BOS)."""
+        return self.backend.tokenizer.encode(prompt, add_special_tokens=True)
 
-    def _run(self, table: SpellingTable, prompts: list[str]) -> list[dict[str, float]]:
-        tokenizer = self.backend.tokenizer
+    def score(self, prompts: list[str], spellings: dict[str, list[str]],
+              encoded: list[list[int]] | None = None) -> list[OptionResult]:
+        """Option probabilities after each prompt (`encoded`: its token ids, when the caller has them)."""
+        table = self.table(spellings)
         all_requests: list[TokenRequest] = []
         plans = []
-        for prompt in prompts:
-            requests, where = table.requests(tokenizer.encode(prompt, add_special_tokens=True))
+        for i, prompt in enumerate(prompts):
+            requests, where = table.requests(encoded[i] if encoded is not None else self.encode(prompt))
             plans.append((len(all_requests), where))
             all_requests.extend(requests)
         self.forward_tokens += sum(len(r.ids) for r in all_requests)
-        values = self.backend.token_logprobs(all_requests)
-        out = []
-        for offset, where in plans:
-            out.append({text: sum(values[offset + k][j] for k, j in spots) for text, spots in where.items()})
-        return out
-
-    def generate(self, prompts: list[str], settings: GenerationSettings, sample: int = 0) -> list[str]:
-        """Generated text, cached by (model, prompt, decoding settings, sample index)."""
-        keys = [cache_key(self.backend.model_id, "generate", [p, vars(settings), sample]) for p in prompts]
-        found = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        if missing:
-            texts = self.backend.generate([prompts[i] for i in missing], settings)
-            self.cache.put_many({keys[i]: text for i, text in zip(missing, texts)})
-            found.update({keys[i]: text for i, text in zip(missing, texts)})
-        return [found[key] for key in keys]
+        values = self.backend.token_logprobs(all_requests) if all_requests else []
+        raw = [{text: sum(values[offset + k][j] for k, j in spots) for text, spots in where.items()}
+               for offset, where in plans]
+        return [_result(table, r) for r in raw]
 
 
 def _result(table: SpellingTable, spelling_logprobs: dict[str, float]) -> OptionResult:

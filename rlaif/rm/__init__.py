@@ -3,8 +3,8 @@
 The RLAIF paper trains its reward model with the cross-entropy between
 softmax(r_a, r_b) and the AI's soft label p (`soft_label_loss`); hard (human)
 pairs are the case p = 1. Training runs TRL's RewardTrainer with that loss
-(rlaif/rm_trainer.py); data and model loading live in rlaif/rm_data.py, metrics
-and the model card in rlaif/rm_eval.py. The output directory is a plain Hugging
+(rlaif/rm/trainer.py); data and model loading live in rlaif/rm/data.py, metrics
+and the model card in rlaif/rm/eval.py. The output directory is a plain Hugging
 Face model directory with README.md (model card) and metrics.json.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from rlaif import __version__
 from rlaif.errors import RlaifError
 from rlaif.io import parse_column_map, write_json
-from rlaif.rm_data import (
+from rlaif.rm.data import (
     BASE_MODEL_ALIASES,
     PreferenceData,
     encode_texts,
@@ -29,7 +29,8 @@ from rlaif.rm_data import (
     resolve_base_model,
     split_pairs,
 )
-from rlaif.rm_eval import evaluate_reward_model, write_model_card
+from rlaif.rm.eval import evaluate_reward_model, write_model_card
+from rlaif.rm.loss import soft_label_loss  # noqa: F401 (part of the API)
 
 DEFAULT_BASE_MODEL = "minilm"
 
@@ -97,15 +98,6 @@ class TrainRMConfig:
                 raise RlaifError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if self.epochs <= 0 or self.learning_rate <= 0 or self.lora_r < 0 or self.save_steps < 0:
             raise RlaifError("--epochs and --learning-rate must be > 0; --lora-r and --save-steps >= 0.")
-
-
-def soft_label_loss(r_a: Any, r_b: Any, p: Any, reduction: str = "mean") -> Any:
-    """-(p log sigma(r_a - r_b) + (1 - p) log sigma(r_b - r_a)), averaged over pairs ("none": per pair)."""
-    import torch.nn.functional as F  # noqa: N812, PLC0415 (keep torch out of CLI start-up)
-
-    delta = r_a - r_b
-    loss = -(p * F.logsigmoid(delta) + (1.0 - p) * F.logsigmoid(-delta))
-    return loss.mean() if reduction == "mean" else loss
 
 
 def train_reward_model(config: TrainRMConfig) -> dict[str, Any]:
@@ -214,7 +206,7 @@ def _make_trainer(config: TrainRMConfig, model: Any, tokenizer: Any, train_set: 
     import torch  # noqa: PLC0415
     from trl import RewardConfig  # noqa: PLC0415
 
-    from rlaif.rm_trainer import SoftLabelRewardTrainer  # noqa: PLC0415 (imports TRL)
+    from rlaif.rm.trainer import SoftLabelRewardTrainer  # noqa: PLC0415 (imports TRL)
 
     args = RewardConfig(
         output_dir=config.out, num_train_epochs=config.epochs, max_steps=config.max_steps or -1,

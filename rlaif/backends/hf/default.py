@@ -17,15 +17,12 @@ import tempfile
 from pathlib import Path
 
 from rlaif.errors import RlaifError
+from rlaif.resources import cache_root
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALIASES = {"default", "gemma-3-270m", "gemma3-270m"}
 CONVERTED_NAME = "gemma-3-270m-q4_k_m"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RLAIF_CACHE_DIR") or Path.home() / ".cache" / "rlaif").expanduser()
 
 
 def is_default(model: str) -> bool:

@@ -8,9 +8,11 @@ Header (a jinja comment at the top of the file)::
     answer_stub: "..."          # CoT only: appended after the rationale, before the answer
     -#}
 
-Built-in templates render in a plain environment; a template given by path is
-the user's and renders in jinja2's sandbox. Both use StrictUndefined, so a
-missing variable fails at once.
+A bare name (`cai-choice`) resolves only to a built-in template; anything
+else is a path to a user's file. Every template, built-in or not, renders in
+jinja2's sandbox with StrictUndefined (a missing variable fails at once), with
+caps on ranges, repeated strings and the rendered length, so a template can
+neither run code nor exhaust memory: each is a one-line error.
 """
 
 from __future__ import annotations
@@ -24,10 +26,36 @@ from typing import Any
 
 import jinja2
 import yaml
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from rlaif.errors import RlaifError
 from rlaif.resources import data_dir
+
+BUILTIN_NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
+MAX_RENDERED_CHARS = 4_000_000  # far above any prompt; a runaway loop stops here
+MAX_SEQUENCE = 1_000_000  # longest string or list a template may build with * or **
+
+
+class _Sandbox(SandboxedEnvironment):
+    """jinja2's sandbox, also refusing huge `*` / `**` results (its range() is capped already)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError(f"the power {right} is too large for a template")
+        if operator == "*" and _sized(left, right) > MAX_SEQUENCE:
+            raise SecurityError("the repeated string or list would be too long for a template")
+        return super().call_binop(context, operator, left, right)
+
+
+def _sized(left: Any, right: Any) -> int:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+            return len(seq) * times
+    return 0
+
 
 HEADER = re.compile(r"\A\{#-?\s*rlaif:\s*\n(.*?)-?#\}", re.S)
 HEADER_KEYS = {"options", "spellings", "answer_stub"}
@@ -45,7 +73,17 @@ class Template:
 
     def render(self, **variables: Any) -> str:
         try:
-            return self._template.render(**variables)
+            parts, size = [], 0
+            for part in self._template.generate(**variables):
+                size += len(part)
+                if size > MAX_RENDERED_CHARS:
+                    raise RlaifError(f"Template {self.name!r} renders more than {MAX_RENDERED_CHARS:,} characters; "
+                                     "it loops too long: fix the template.")
+                parts.append(part)
+            return "".join(parts)
+        except (SecurityError, OverflowError, MemoryError) as err:
+            raise RlaifError(f"Template {self.name!r} was stopped by the sandbox ({err}); templates may only "
+                             "format their variables: fix the template.") from err
         except jinja2.UndefinedError as err:
             given = ", ".join(sorted(variables))
             raise RlaifError(f"Template {self.name!r} uses an unknown variable ({err.message}); "
@@ -62,27 +100,37 @@ def builtin_templates() -> list[str]:
     return sorted(p.stem.replace("_", "-") for p in data_dir("templates").glob("*.j2"))
 
 
+def template_path(name_or_path: str | Path) -> tuple[Path, bool]:
+    """(file, is built-in): a bare name is a built-in only; anything else is a user's path."""
+    text = str(name_or_path)
+    if BUILTIN_NAME.match(text) and not Path(text).suffix:
+        path = data_dir("templates") / f"{text.replace('-', '_')}.j2"
+        if path.is_file() and path.parent == data_dir("templates"):
+            return path, True
+        if not Path(text).exists():
+            close = difflib.get_close_matches(text, builtin_templates(), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise RlaifError(f"Unknown template {text!r}.{hint} Built-ins: {', '.join(builtin_templates())}; "
+                             "or pass the path of a .j2 file.")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise RlaifError(f"Template file {path} does not exist or is not a file: check the path.")
+    return path, False
+
+
 def load_template(name_or_path: str | Path, answers: bool = True) -> Template:
-    """A built-in template by name (`cai-choice`) or a user's .j2 file by path (sandboxed).
+    """A built-in template by name (`cai-choice`) or a user's file by path; both render sandboxed.
 
     `answers=True` (scoring templates) requires the rlaif header with the answer
     options; generation templates (critique, revision) have none.
     """
-    path = Path(name_or_path)
-    user = bool(path.suffix)
-    if not user:
-        path = data_dir("templates") / f"{str(name_or_path).replace('-', '_')}.j2"
-        if not path.exists():
-            close = difflib.get_close_matches(str(name_or_path), builtin_templates(), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise RlaifError(f"Unknown template {str(name_or_path)!r}.{hint} Built-ins: "
-                             f"{', '.join(builtin_templates())}; or pass a .j2 file path.")
-    if not path.is_file():
-        raise RlaifError(f"Template file {path} does not exist or is not a file: check the path.")
-    source = path.read_text(encoding="utf-8")
+    path, _builtin = template_path(name_or_path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RlaifError(f"Template file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from err
     header = _parse_header(source, path) if answers else {"options": []}
-    env_class = SandboxedEnvironment if user else jinja2.Environment
-    env = env_class(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
     try:
         compiled = env.from_string(source)
     except jinja2.TemplateSyntaxError as err:

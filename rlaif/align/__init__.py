@@ -24,6 +24,7 @@ import numpy as np
 from rlaif.errors import RlaifError
 from rlaif.io import read_rows
 from rlaif.records import content_id
+from rlaif.text import as_text
 
 TIE = 1e-9  # |p - 0.5| below this is a tie
 HUMAN_FIELDS = ("prompt", "chosen", "rejected")
@@ -63,17 +64,6 @@ class Scored:
 # ---------------------------------------------------------------- input
 
 
-def as_text(value: Any) -> str:
-    """A text field as a string; conversational messages become their contents."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-        if len(value) == 1:
-            return str(value[0]["content"])
-        return "\n\n".join(f"{str(m.get('role', 'user')).capitalize()}: {m['content']}" for m in value)
-    return value if isinstance(value, str) else str(value)
-
-
 def read_human_pairs(path: str | Path, column_map: dict[str, str] | None = None) -> tuple[list[dict], Counter]:
     """Human pairs `{id, prompt, chosen, rejected}` and a count of the rows skipped, by reason."""
     column_map = column_map or {}
@@ -90,7 +80,7 @@ def read_human_pairs(path: str | Path, column_map: dict[str, str] | None = None)
     id_col = column_map.get("id", "id")
     pairs, skipped, seen = [], Counter(), set()
     for row in rows:
-        pair = {name: as_text(row.get(col)) for name, col in source.items()}
+        pair = {name: as_text(row.get(col), f"{path}: field {name!r}") for name, col in source.items()}
         empty = [name for name in HUMAN_FIELDS if not pair[name].strip()]
         if empty:
             skipped[f"empty {empty[0]}"] += 1

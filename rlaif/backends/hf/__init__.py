@@ -22,15 +22,16 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlaif.backends import GenerationSettings, TokenRequest
-from rlaif.backends.default import default_model_dir, default_model_id, is_default
-from rlaif.backends.prefix_tree import Node, length_batches, prefix_tree
+from rlaif.backends import GenerationSettings, TokenRequest, settings_list
+from rlaif.backends.hf.default import default_model_dir, default_model_id, is_default
+from rlaif.backends.hf.prefix_tree import Node, length_batches, prefix_tree
 from rlaif.errors import RlaifError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class HFBackend:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.context_length: int | None = getattr(model.config, "max_position_embeddings", None)
         self.batch_tokens = batch_tokens
         self.share_prefix = share_prefix and not getattr(model, "_is_stateful", False)
         self.min_prefix = min_prefix  # a shared span is computed once when that saves at least this many tokens
@@ -216,12 +218,28 @@ class HFBackend:
         self.stats.padded_tokens += padded
         self.stats.logit_rows += logit_rows
 
+    def generate(self, prompts: list[str], settings: GenerationSettings | Sequence[GenerationSettings]) -> list[str]:
+        """Continuations of `prompts`, one settings each; prompts sharing decoding settings run in batches.
+
+        The text of a row never depends on what it was batched with: see `_generate_group`.
+        A continuation is cut before the first of its settings' `stop` strings.
+        """
+        per = settings_list(settings, len(prompts))
+        texts: list[str] = [""] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(per):
+            groups.setdefault((s.max_new_tokens, s.temperature, s.top_p), []).append(i)
+        for rows in groups.values():
+            for i, text in zip(rows, self._generate_group([prompts[i] for i in rows], [per[i] for i in rows])):
+                texts[i] = cut_at_stop(text, per[i].stop)
+        return texts
+
     @torch.inference_mode()
-    def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
-        """Continuations of `prompts`, in batches of rows.
+    def _generate_group(self, prompts: list[str], per: list[GenerationSettings]) -> list[str]:
+        """Rows with the same length and sampling settings, in batches.
 
         Greedy decoding (temperature 0) is plain batched argmax. Sampling seeds each row from
-        (settings.seed, its prompt) and draws with the Gumbel-max trick from the temperature- and
+        (its seed, its prompt) and draws with the Gumbel-max trick from the temperature- and
         top-p-shaped distribution, so a prompt's text never depends on what it was batched with.
         A prompt that already starts with the BOS token (a chat template wrote it) gets no second one.
         """
@@ -231,6 +249,7 @@ class HFBackend:
             TopPLogitsWarper,
         )
 
+        settings = per[0]
         self.tokenizer.padding_side = "left"
         bos = self.tokenizer.bos_token
         sample = settings.temperature > 0
@@ -244,7 +263,8 @@ class HFBackend:
             enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
             processors = LogitsProcessorList()
             if sample:
-                seeds = [int(hashlib.sha256(f"{settings.seed}:{p}".encode()).hexdigest()[:15], 16) for p in chunk]
+                seeds = [int(hashlib.sha256(f"{s.seed}:{p}".encode()).hexdigest()[:15], 16)
+                         for p, s in zip(chunk, per[start:start + step])]
                 rows = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
 
                 def gumbel_max(input_ids: torch.Tensor, scores: torch.Tensor, rows=rows) -> torch.Tensor:
@@ -261,6 +281,12 @@ class HFBackend:
             new = out[:, enc["input_ids"].shape[1]:]
             texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return texts
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def _keep_positions(wanted: list[list[int]], width: int, per_row: bool) -> tuple[torch.Tensor, list[dict[int, int]]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaif.rm_data import PreferencePair, encode_texts
+from rlaif.rm.data import PreferencePair, encode_texts
 
 
 def compute_rewards(model: Any, pad_token_id: int, sequences: Sequence[list[int]], batch_size: int = 16) -> list[float]:

@@ -5,7 +5,7 @@ by a margin). Here the two sides are response A and response B, and each example
 carries `p`, the probability that A is better; the collator passes `p` through
 and `compute_loss` uses `soft_label_loss`. Everything else (checkpoints, logging,
 evaluation loop, accelerate launch, PEFT) is TRL's. Kept apart from
-rlaif/reward_model.py so that importing the CLI does not import TRL.
+rlaif/rm/__init__.py so that importing the CLI does not import TRL.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from rlaif.reward_model import soft_label_loss
+from rlaif.rm.loss import soft_label_loss
 
 
 @dataclass
