@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from rlaif.config import read_yaml
 from rlaif.errors import RlaifError
 from rlaif.resources import data_dir
 
@@ -75,13 +75,8 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
     if not path.is_file():
         raise RlaifError(f"Constitution file {path} does not exist or is not a file: check the path, or use a built-in "
                          f"({', '.join(builtin_constitutions())}).")
+    data = read_yaml(path, "Constitution")  # one line for a tag, bad syntax or non-UTF-8 text
     text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RlaifError(f"Constitution {path} is not valid YAML{where}: fix its syntax.") from err
     constitution = _parse(data, path)
     constitution.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return constitution

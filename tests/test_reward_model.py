@@ -22,8 +22,8 @@ from transformers import (
 
 from rlaif.cli import cli
 from rlaif.errors import RlaifError
-from rlaif.reward_model import TrainRMConfig, soft_label_loss, train_reward_model
-from rlaif.rm_data import (
+from rlaif.rm import TrainRMConfig, soft_label_loss, train_reward_model
+from rlaif.rm.data import (
     PreferencePair,
     encode_texts,
     filter_confident,
@@ -34,7 +34,7 @@ from rlaif.rm_data import (
     split_pairs,
     truncate_ids,
 )
-from rlaif.rm_eval import (
+from rlaif.rm.eval import (
     evaluate_reward_model,
     expected_calibration_error,
     preference_metrics,

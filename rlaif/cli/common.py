@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import shlex
 import sys
@@ -13,6 +14,8 @@ import click
 
 from rlaif.config import load_yaml_config
 from rlaif.errors import RlaifError
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
 
 
 def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -32,9 +35,21 @@ def _apply_config(ctx: click.Context, _param: click.Parameter, value: str | None
     except RlaifError as err:
         raise click.BadParameter(str(err)) from err
     repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False) or getattr(p, "nargs", 1) != 1}
-    mapped = {names[key]: v for key, v in values.items()}
-    mapped = {k: _as_list(v) if k in repeatable else v for k, v in mapped.items()}
+    mapped: dict[str, Any] = {}
+    for key, item in values.items():
+        name = names[key]
+        if item is None:
+            continue  # `key:` with no value: the option's default
+        if name not in repeatable and isinstance(item, (list, dict)):
+            raise click.BadParameter(f"Config file {value}: `{key}` takes one value, not {_shown(item)}; write "
+                                     f"it as `{key}: VALUE` (only repeatable options take a list).")
+        mapped[name] = _as_list(item) if name in repeatable else item
     ctx.default_map = {**(ctx.default_map or {}), **mapped}
+
+
+def _shown(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_list(value: Any) -> Any:
@@ -82,6 +97,13 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except RlaifError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a write rlaif does not wrap itself (a library's, a report's): still one line
+            if err.errno not in DISK_ERRORS:
+                raise
+            where = f" {err.filename}" if err.filename else ""
+            why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
+            raise click.ClickException(f"Cannot write{where}: {why}. Fix that, then rerun (with --resume where the "
+                                       "command has it: finished work is kept).") from None
         except KeyboardInterrupt:
             click.echo(f"\nInterrupted; finished records are kept. Continue with: {resume_command()}", err=True)
             sys.exit(130)
@@ -115,3 +137,44 @@ def model_options(prefix: str = "", role: str = "Model") -> Callable[..., Any]:
 def run_mode_check(resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pass one.")
+
+
+def length_options(helps: dict[str, str]) -> list[Callable[..., Any]]:
+    """`--max-prompt-tokens N` and `--on-too-long skip|error` (fields of every model stage's config)."""
+    return [
+        click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=None, help=helps["max_prompt_tokens"]),
+        click.option("--on-too-long", type=click.Choice(["skip", "error"]), default="skip", help=helps["on_too_long"]),
+    ]
+
+
+def with_length_options(helps: dict[str, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding both `length_options`."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(length_options(helps)):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def results_and_skips(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A stage's rows split into results and skip rows (records whose prompts did not fit the model)."""
+    from rlaif.io import is_skip_row  # noqa: PLC0415
+
+    return [r for r in rows if not is_skip_row(r)], [r for r in rows if is_skip_row(r)]
+
+
+def echo_skipped(skipped: list[dict[str, Any]], what: str, out: Any) -> None:
+    """Say how many records were skipped as too long, with the first one's reason."""
+    if skipped:
+        first = skipped[0]
+        click.echo(f"Skipped {len(skipped)} {what}(s) whose prompt does not fit the model (e.g. {first['id']}: "
+                   f"{first['skipped']}); their rows in {out} say why. Shorten them or raise --max-prompt-tokens.")
+
+
+def skip_rows_of(out: Any) -> list[dict[str, Any]]:
+    """The skip rows in an output file (records left out as too long)."""
+    from rlaif.io import is_skip_row, read_jsonl  # noqa: PLC0415
+
+    return [row for row in read_jsonl(out) if is_skip_row(row)]

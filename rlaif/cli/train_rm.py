@@ -65,7 +65,7 @@ def train_rm(overwrite: bool, **options: Any) -> None:
         sections = {"labels": result["labels"]} if "labels" in result else {}
         sections.update({f"human: {name}": values for name, values in result["human"].items()})
     else:
-        result = train_reward_model(config)
+        result = train_reward_model(config, overwrite=overwrite)
         from rlaif.rm.eval import metric_sections  # noqa: PLC0415
 
         sections = metric_sections(result)

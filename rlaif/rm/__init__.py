@@ -6,11 +6,18 @@ pairs are the case p = 1. Training runs TRL's RewardTrainer with that loss
 (rlaif/rm/trainer.py); data and model loading live in rlaif/rm/data.py, metrics
 and the model card in rlaif/rm/eval.py. The output directory is a plain Hugging
 Face model directory with README.md (model card) and metrics.json.
+
+A run holds `OUT.lock` (beside OUT) while it writes OUT. `--resume` continues
+from the newest complete checkpoint (rlaif/rm/checkpoints.py: one a kill cut
+short is deleted) and metrics.json reports the whole run (loss over every
+step, every step's tokens), not only the resumed steps.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +36,13 @@ from rlaif.rm.data import (
     resolve_base_model,
     split_pairs,
 )
+from rlaif.rm.checkpoints import checkpoints, resume_point
 from rlaif.rm.eval import evaluate_reward_model, write_model_card
+from rlaif.runs import output_lock, refuse_input_as_output
 from rlaif.rm.loss import soft_label_loss  # noqa: F401 (part of the API)
 
 DEFAULT_BASE_MODEL = "minilm"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +89,7 @@ class TrainRMConfig:
     )
     logging_steps: int = field(default=10, metadata={"help": "Log loss and accuracy every N steps."})
     save_steps: int = field(default=0, metadata={"help": "Save a checkpoint in --out every N steps (0: final model only)."})
-    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in --out."})
+    resume: bool = field(default=False, metadata={"help": "Resume from the newest complete checkpoint in --out (one a kill cut short is deleted); metrics cover the whole run."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (large models)."})
 
     def validate(self) -> None:
@@ -100,9 +110,47 @@ class TrainRMConfig:
             raise RlaifError("--epochs and --learning-rate must be > 0; --lora-r and --save-steps >= 0.")
 
 
-def train_reward_model(config: TrainRMConfig) -> dict[str, Any]:
-    """Train, save (model, tokenizer, README.md, metrics.json) and judge a reward model; returns the metrics."""
+def train_reward_model(config: TrainRMConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Train, save (model, tokenizer, README.md, metrics.json) and judge a reward model; returns the metrics.
+
+    `overwrite`: delete the checkpoints an earlier run left in OUT first (with `resume`, continue from them).
+    """
     config.validate()
+    _refuse_inputs_inside(config)
+    with output_lock(Path(config.out).resolve()):
+        checkpoint, resume_notes = _resume_point(config, overwrite)
+        return _train_and_judge(config, checkpoint, resume_notes)
+
+
+def _refuse_inputs_inside(config: TrainRMConfig) -> None:
+    """Training writes OUT (model files, checkpoints, metrics.json): no input may live there."""
+    out = Path(config.out).resolve()
+    for item in (config.labels, *config.eval_human):
+        if item and Path(item).resolve().is_relative_to(out):
+            raise RlaifError(f"{item} is inside --out {config.out}, which train-rm writes (model files, checkpoints, "
+                             "metrics.json): move it, or choose another --out.")
+
+
+def _resume_point(config: TrainRMConfig, overwrite: bool) -> tuple[Path | None, list[str]]:
+    """The checkpoint to continue from (None: start at step 0), and notes saying what was found."""
+    out = Path(config.out)
+    if overwrite and not config.resume:
+        for path in checkpoints(out)[0] + checkpoints(out)[1]:
+            shutil.rmtree(path, ignore_errors=True)
+    if not config.resume:
+        return None, []
+    checkpoint, dropped = resume_point(out)
+    notes = [f"Deleted incomplete checkpoint-{step} (a kill cut its save short)." for step in dropped]
+    if checkpoint is None:
+        notes.append(f"--resume found no complete checkpoint in {out}: trained from the start.")
+    else:
+        notes.append(f"Resumed from {checkpoint.name}, the newest complete checkpoint.")
+    for note in notes:
+        logger.warning(note)
+    return checkpoint, notes
+
+
+def _train_and_judge(config: TrainRMConfig, checkpoint: Path | None, resume_notes: list[str]) -> dict[str, Any]:
     data = load_preferences(config.labels, parse_column_map(config.column_map))
     humans = _load_human_files(config.eval_human)
     pairs, n_low = filter_confident(data, config.min_confidence)
@@ -113,7 +161,7 @@ def train_reward_model(config: TrainRMConfig) -> dict[str, Any]:
     train_set, n_cut = _tokenized(tokenizer, train_pairs, max_length)
     eval_set = _tokenized(tokenizer, eval_pairs, max_length)[0] if eval_pairs else None
     trainer = _make_trainer(config, model, tokenizer, train_set, eval_set)
-    result = _train(trainer, config.resume)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model = _save(trainer, tokenizer, config.out)
     if not trainer.is_world_process_zero():
         return {}
@@ -124,12 +172,15 @@ def train_reward_model(config: TrainRMConfig) -> dict[str, Any]:
             "labels": data.path, "sha256": data.sha256, "kind": data.kind, "source": data.source,
             "n_pairs": len(data.pairs), "n_low_confidence": n_low, "n_train": len(train_pairs),
             "n_eval": len(eval_pairs), "n_truncated_train_texts": n_cut, "max_length": max_length,
+            "n_skipped_too_long": data.left_out.get("skipped", 0), "n_repeated_ids": data.left_out.get("duplicates", 0),
         },
         "train": {
             **{key: value for key, value in result.metrics.items() if isinstance(value, (int, float))},
+            "train_loss_this_run": result.training_loss,
+            **trainer.whole_run(),  # train_loss and num_tokens over every step, resumed or not
             "log_history": trainer.state.log_history,
         },
-        "notes": notes + more,
+        "notes": resume_notes + notes + more + _left_out_notes(data),
         "config": {**asdict(config), "base_model": base},
     }
     metrics.update(_judge(model, tokenizer, config, max_length, train_pairs, eval_pairs, humans))
@@ -141,6 +192,12 @@ def train_reward_model(config: TrainRMConfig) -> dict[str, Any]:
 def evaluate_saved_model(config: TrainRMConfig) -> dict[str, Any]:
     """`--eval-only`: judge an existing reward model; results go to `<out>/metrics.json` under "eval_only"."""
     config.validate()
+    refuse_input_as_output(Path(config.out) / "metrics.json", [config.labels, *config.eval_human])
+    with output_lock(Path(config.out).resolve()):
+        return _evaluate(config)
+
+
+def _evaluate(config: TrainRMConfig) -> dict[str, Any]:
     data = load_preferences(config.labels, parse_column_map(config.column_map)) if config.labels else None
     humans = _load_human_files(config.eval_human)
     name = config.base_model or config.out
@@ -236,13 +293,15 @@ def _lora_config(config: TrainRMConfig) -> Any:
     return LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear")
 
 
-def _train(trainer: Any, resume: bool) -> Any:
-    try:
-        return trainer.train(resume_from_checkpoint=True if resume else None)
-    except ValueError as err:
-        if resume and "checkpoint" in str(err).lower():
-            raise RlaifError(f"--resume found no checkpoint in {trainer.args.output_dir}; run without --resume.") from err
-        raise
+def _left_out_notes(data: PreferenceData) -> list[str]:
+    notes = []
+    if data.left_out.get("skipped"):
+        notes.append(f"{data.left_out['skipped']} label row(s) of {data.path} were skipped when labelled (too long for "
+                     "the labeller) and are left out.")
+    if data.left_out.get("duplicates"):
+        notes.append(f"{data.left_out['duplicates']} label row(s) of {data.path} repeat an earlier id and are left "
+                     "out (the first of each kept).")
+    return notes
 
 
 def _save(trainer: Any, tokenizer: Any, out: str) -> Any:

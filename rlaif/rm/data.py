@@ -19,6 +19,7 @@ from typing import Any
 
 from rlaif.errors import RlaifError
 from rlaif.io import read_records, read_rows
+from rlaif.runs import usable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +49,44 @@ class PreferenceData:
     pairs: list[PreferencePair]
     sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)  # skip rows (too long to label), repeated ids
 
 
 def load_preferences(path: str | Path, column_map: dict[str, str] | None = None) -> PreferenceData:
     """Read soft labels (`p_a` present) or hard pairs (`chosen`/`rejected`), by the columns the file has."""
     column_map = column_map or {}
-    rows = read_rows(path)
+    rows, left_out = usable_rows(read_rows(path), path)  # skip rows and repeated ids (two writers) left out
     if not rows:
-        raise RlaifError(f"{path} holds no records.")
+        raise RlaifError(f"{path} holds no records" + (f" (only {left_out['skipped']} skipped as too long)."
+                                                        if left_out["skipped"] else "."))
     columns = set(rows[0])
     _check_plain_text(path, rows[0], column_map)
     p_col = column_map.get("p_a", "p_a")
+    if "p_a" in column_map and p_col not in columns:
+        raise RlaifError(f"{path} has no column {p_col!r} (mapped to p_a); it has: {', '.join(sorted(columns))}.")
     if p_col in columns:
-        records = read_records(path, ["prompt", "response_a", "response_b"], column_map, keep_extra=True)
+        fields = ["prompt", "response_a", "response_b"]
+        records = read_records(path, fields, _mapping(column_map, fields), keep_extra=True, rows=rows)
         pairs = [_soft_pair(path, number, rec, p_col) for number, rec in enumerate(records, 1)]
         kind = "soft"
     elif {column_map.get("chosen", "chosen"), column_map.get("rejected", "rejected")} <= columns:
-        records = read_records(path, ["prompt", "chosen", "rejected"], column_map, keep_extra=True)
+        fields = ["prompt", "chosen", "rejected"]
+        records = read_records(path, fields, _mapping(column_map, fields), keep_extra=True, rows=rows)
         pairs = [PreferencePair(r["id"], r["prompt"], r["chosen"], r["rejected"], 1.0) for r in records]
         kind = "hard"
     else:
         raise RlaifError(_unknown_format(path, columns))
-    return PreferenceData(str(path), kind, pairs, _file_sha256(path), _summarise_source(records))
+    return PreferenceData(str(path), kind, pairs, _file_sha256(path), _summarise_source(records), left_out)
+
+
+def _mapping(column_map: dict[str, str], fields: list[str]) -> dict[str, str]:
+    """The part of --column-map for these fields (p_a, or the other format's fields, are checked apart)."""
+    unknown = sorted(set(column_map) - {*fields, "id", "p_a", "prompt", "response_a", "response_b", "chosen",
+                                        "rejected"})
+    if unknown:
+        raise RlaifError(f"--column-map names unknown field(s) {', '.join(unknown)}; the fields are: p_a, prompt, "
+                         "response_a, response_b, chosen, rejected, id.")
+    return {k: v for k, v in column_map.items() if k in (*fields, "id")}
 
 
 def _check_plain_text(path: str | Path, row: dict[str, Any], column_map: dict[str, str]) -> None:

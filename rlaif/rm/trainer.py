@@ -6,6 +6,11 @@ carries `p`, the probability that A is better; the collator passes `p` through
 and `compute_loss` uses `soft_label_loss`. Everything else (checkpoints, logging,
 evaluation loop, accelerate launch, PEFT) is TRL's. Kept apart from
 rlaif/rm/__init__.py so that importing the CLI does not import TRL.
+
+Whole-run figures survive a resume: each checkpoint's trainer_state.json
+carries the run's loss sum and token count so far (`RunTotals`), so after
+`--resume` `train_loss` is the mean over every step of the run and
+`num_tokens` counts every step's tokens, not only the resumed ones.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
@@ -30,6 +37,29 @@ class SoftPreferenceCollator(DataCollatorForPreference):
         return batch
 
 
+class RunTotals(TrainerCallback, ExportableState):
+    """Saves the run's loss sum and token count in every checkpoint, and restores them on resume."""
+
+    def __init__(self, trainer: Any = None):
+        self.trainer = trainer
+
+    def state(self) -> dict[str, Any]:
+        trainer = self.trainer
+        pending = getattr(trainer, "_tr_loss", None)  # the loss of the steps since the last log
+        loss_sum = (getattr(trainer, "_prior_loss_sum", 0.0) + getattr(trainer, "_total_loss_scalar", 0.0)
+                    + (float(pending.item()) if isinstance(pending, torch.Tensor) else 0.0))
+        return {"args": {}, "attributes": {"loss_sum": loss_sum,
+                                           "train_tokens": int(getattr(trainer, "_total_train_tokens", 0))}}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        attributes = saved.get("attributes", {}) if isinstance(saved, dict) and state.global_step else {}
+        self.trainer._prior_loss_sum = float(attributes.get("loss_sum", 0.0))
+        self.trainer._total_train_tokens = int(attributes.get("train_tokens", 0))
+        self.trainer._resumed_step = state.global_step
+        state.stateful_callbacks[type(self).__name__] = self.state()  # a checkpoint saved without it: add it
+
+
 class SoftLabelRewardTrainer(RewardTrainer):
     """RewardTrainer whose loss is the cross-entropy against soft labels p (hard pairs: p = 1)."""
 
@@ -39,7 +69,18 @@ class SoftLabelRewardTrainer(RewardTrainer):
         if kwargs.get("data_collator") is None:
             tokenizer = kwargs["processing_class"]
             kwargs["data_collator"] = SoftPreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+        self._prior_loss_sum = 0.0
+        self._resumed_step = 0
         super().__init__(*args, **kwargs)
+        self.add_callback(RunTotals(self))
+
+    def whole_run(self) -> dict[str, Any]:
+        """Figures over every step of the run, resumed or not (TRL's `train_loss` covers this call's steps)."""
+        steps = self.state.global_step
+        total = self._prior_loss_sum + getattr(self, "_total_loss_scalar", 0.0)
+        return {"train_loss": total / steps if steps else 0.0, "num_tokens": self._total_train_tokens,
+                "global_step": steps, "steps_this_run": steps - self._resumed_step,
+                "resumed_from_step": self._resumed_step}
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:

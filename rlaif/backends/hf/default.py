@@ -4,6 +4,11 @@
 Loading a GGUF through transformers dequantises every tensor (about 45 s), so
 the first use saves a normal float32 model directory and later runs load that
 in seconds. The cache root is `$RLAIF_CACHE_DIR` (default ~/.cache/rlaif).
+
+Conversions work in a `convert-*` folder beside the result and hold one lock
+(`models/convert.lock`); a conversion killed midway leaves that folder (up to
+750 MB), so whoever holds the lock next deletes every `convert-*` folder: no
+conversion can be running then.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALIASES = {"default", "gemma-3-270m", "gemma3-270m"}
 CONVERTED_NAME = "gemma-3-270m-q4_k_m"
+CONVERT_LOCK = "convert.lock"
 
 
 def is_default(model: str) -> bool:
@@ -47,20 +53,45 @@ def default_model_dir() -> Path:
     package = _gguf_package()
     target = cache_root() / "models" / f"{CONVERTED_NAME}-{package.EXPECTED_SHA256[:12]}"
     if (target / "config.json").exists():
+        if any(target.parent.glob("convert-*")):
+            with _locked(target.parent / CONVERT_LOCK, wait=False) as held:
+                if held:  # no conversion is running: what is there was left by a killed one
+                    remove_leftovers(target.parent)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_suffix(".lock")):
-        if not (target / "config.json").exists():
-            _convert(package, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.parent / CONVERT_LOCK):
+            remove_leftovers(target.parent)
+            if not (target / "config.json").exists():
+                _convert(package, target)
+    except OSError as err:
+        raise RlaifError(f"Cannot convert the default model into {target.parent}: {err.strerror or err}. Free some "
+                         "space there (it needs about 1.5 GB), or set RLAIF_CACHE_DIR to another folder.") from err
     return target
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the `convert-*` folders of killed conversions (call it holding the conversion lock)."""
+    removed = [path for path in folder.glob("convert-*") if path.is_dir()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        log.warning("Removed %d folder(s) left by a killed conversion of the default model in %s.", len(removed),
+                    folder)
+    return removed
+
+
 @contextlib.contextmanager
-def _locked(path: Path):
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _locked(path: Path, wait: bool = True):
+    """Hold `path` locked (yields True); with wait=False, yields False at once when another process holds it."""
+    with path.open("a") as handle:
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
