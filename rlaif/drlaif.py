@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from rlaif import __version__
 from rlaif.backends import Backend, parse_option_items
 from rlaif.backends.cached import open_backend
 from rlaif.constitution import load_constitution
 from rlaif.errors import RlaifError
-from rlaif.io import with_ids
-from rlaif.runs import Run, rows_by_key, run_chunks
+from rlaif.io import stage_records
+from rlaif.limits import LengthLimit, check_length_options
+from rlaif.runs import rows_by_key, run_chunks
+from rlaif.shards import open_run
 from rlaif.text import as_text
 from rlaif.text import format_conversation
 from rlaif.templates import load_template
@@ -46,8 +46,11 @@ class ScoreConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "Raw-result cache directory (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
     backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The back end's own options (KEY=VALUE)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "Longest prompt, in tokens (default: what the model takes); a response whose prompt is longer is skipped or refused (--on-too-long)."})
+    on_too_long: str = field(default="skip", metadata={"help": "A response whose prompt does not fit the model: `skip` it (its row says why) or `error` (stop before any work)."})
 
     def __post_init__(self) -> None:
+        check_length_options(self.max_prompt_tokens, self.on_too_long)
         if self.principle is None:
             self.principle = ()
         if isinstance(self.principle, str):
@@ -92,12 +95,19 @@ class DRLAIFScorer:
         """Per response, one rating distribution per principle."""
         if len(prompts) != len(completions):
             raise RlaifError(f"Got {len(prompts)} prompts but {len(completions)} completions; they must pair up.")
-        rendered = [self.template.render(conversation=format_conversation(_text(p)), response=_text(c).strip(),
-                                         principle=principle.text)
-                    for p, c in zip(prompts, completions) for principle in self.principles]
+        rendered = [text for p, c in zip(prompts, completions) for text in self.prompts_for(p, c)]
         results = self.engine.score(rendered, self.template.option_spellings())
         n = len(self.principles)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def prompts_for(self, prompt: Any, completion: Any) -> list[str]:
+        """The prompts the model reads to rate one response (one a principle)."""
+        return [self.template.render(conversation=format_conversation(_text(prompt)), response=_text(completion).strip(),
+                                     principle=principle.text) for principle in self.principles]
+
+    def reserve_tokens(self) -> int:
+        """Tokens read after a prompt: the longest rating spelling ("10")."""
+        return max(len(ids) for ids in self.engine.table(self.template.option_spellings()).ids.values())
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         return [score_of(rs)[0] for rs in self.rate(prompts, completions)]
@@ -118,16 +128,24 @@ def _text(item: Any) -> str:
 
 def score_records(records: Iterable[dict[str, str]], config: ScoreConfig, out: str | Path, overwrite: bool = False,
                   backend: Backend | None = None, chunk: int = 16, progress: bool = True, resume: bool = True,
-                  inputs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
-    """Score `records` (prompt, response; id optional), appending Score rows to `out`; resumes what is there."""
-    records = with_ids(records, ("prompt", "response"))
+                  inputs: Sequence[str | Path] = (), return_rows: bool = True) -> list[dict[str, Any]] | dict[str, Any]:
+    """Score `records` (prompt, response; id optional), appending Score rows to `out`; resumes what is there.
+
+    As `label_pairs`: a `RecordStream` and `return_rows=False` for inputs of any size (the summary is
+    returned), and each process scores its share under `accelerate launch` / `torchrun`."""
+    records = stage_records(records, ("prompt", "response"))
     mode = "overwrite" if overwrite else ("resume" if resume else "new")
-    with Run(out, config, mode, inputs=inputs, stage="score") as run:
-        todo = list(run.todo(records))
-        if todo or not run.old_meta:
+    summary: dict[str, Any] = {}
+    with open_run(out, config, mode, inputs=inputs, stage="score") as run:
+        todo = run.scan(records)
+        if not run.idle or not run.old_meta:
             scorer = DRLAIFScorer(config, backend)
             meta = scorer.meta()
-            run.start(scorer.backend.model_id, **meta)
+            limit = LengthLimit.for_backend(scorer.backend, config.max_prompt_tokens, config.on_too_long,
+                                            scorer.reserve_tokens())
+            too_long = limit.scan(run.todo(records), "id", ("prompt", "response"),
+                                  lambda r: scorer.prompts_for(r["prompt"], r["response"]), what="response")
+            run.start(scorer.backend.model_id, **meta, prompt_token_limit=limit.limit)
 
             def work(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 rows = []
@@ -137,10 +155,12 @@ def score_records(records: Iterable[dict[str, str]], config: ScoreConfig, out: s
                                              score=score, mean_rating=mean, p_ratings=probs, option_mass=mass, meta=meta)))
                 return rows
 
-            with tqdm(total=len(records), initial=len(records) - len(todo), unit="response", desc="score",
-                      disable=not progress) as bar:
-                run_chunks(run, todo, work, chunk, bar)
-            run.finish(scored_this_run=len(todo), responses=len(run.done))
+            with run.progress_bar("response", "score", disable=not progress) as bar:
+                run_chunks(run, run.todo(records), work, chunk, bar, skip=too_long)
+            summary = run.finish(scored_this_run=todo - len(too_long), skipped_this_run=len(too_long),
+                                 responses=len(run.done))
+    if not return_rows:
+        return summary or run.old_meta
     rows = rows_by_key(out, (r["id"] for r in records))
     missing = [r["id"] for r in records if r["id"] not in rows]
     if missing:

@@ -8,6 +8,7 @@ keeps everything it finished; `done_ids` reads those back to resume.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,15 @@ from rlaif.records import content_id
 from rlaif.text import as_text
 
 TABULAR = {".csv", ".parquet", ".pq"}
+
+log = logging.getLogger(__name__)
+# The fields of a skip row: a record an rlaif stage left out (its prompt did not fit the model).
+SKIP_FIELDS = frozenset({"id", "prompt_id", "skipped", "tokens", "limit"})
+
+
+def is_skip_row(row: dict[str, Any]) -> bool:
+    """A row saying its record was left out (`{"id": ..., "skipped": "too long: ..."}`), not a result."""
+    return isinstance(row.get("skipped"), str) and set(row) <= SKIP_FIELDS
 
 
 def parse_column_map(items: Sequence[str] | None) -> dict[str, str]:
@@ -54,6 +64,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         raise RlaifError(f"Reading {suffix} files needs pandas and pyarrow: pip install pandas pyarrow.") from err
     except RlaifError:
         raise
+    except UnicodeDecodeError as err:
+        raise (first_non_utf8_line(path) or RlaifError(f"{path} is not UTF-8 text; save it as UTF-8.")) from err
     except (OSError, ValueError) as err:  # pandas' ParserError/EmptyDataError and pyarrow's errors are ValueErrors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RlaifError(f"Cannot read {path} as {suffix.lstrip('.') or 'JSONL'}: {first}. Check the file.") from err
@@ -73,8 +85,9 @@ def _read_json_list(path: Path) -> list[dict[str, Any]] | None:
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """The objects of a JSON Lines file (rlaif's own outputs are always JSONL, whatever their suffix)."""
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = _utf8_line(path, number, raw)
             if not line.strip():
                 continue
             try:
@@ -86,7 +99,31 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
+def _utf8_line(path: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RlaifError(f"{path}:{number} is not UTF-8 text (byte {err.start + 1} of that line is "
+                         f"{raw[err.start:err.start + 1]!r}); save the file as UTF-8.") from None
+
+
+def first_non_utf8_line(path: str | Path) -> RlaifError | None:
+    """The error naming the first line of `path` that is not UTF-8 (None: it all is)."""
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                _utf8_line(Path(path), number, raw)
+            except RlaifError as err:
+                return err
+    return None
+
+
 def _read_hf_dataset(path: Path) -> list[dict[str, Any]]:
+    return [dict(row) for row in _open_hf_dataset(path)]
+
+
+def _open_hf_dataset(path: Path) -> Any:
+    """A dataset saved with `save_to_disk` (memory-mapped; of a DatasetDict, the train split or the first)."""
     try:
         from datasets import DatasetDict, load_from_disk  # noqa: PLC0415
     except ImportError as err:  # pragma: no cover - datasets is a dependency
@@ -98,7 +135,7 @@ def _read_hf_dataset(path: Path) -> list[dict[str, Any]]:
     if isinstance(data, DatasetDict):
         split = "train" if "train" in data else next(iter(data))
         data = data[split]
-    return [dict(row) for row in data]
+    return data
 
 
 def read_records(
@@ -107,48 +144,74 @@ def read_records(
     column_map: dict[str, str] | None = None,
     id_from: Sequence[str] | None = None,
     keep_extra: bool = False,
+    rows: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows renamed to `fields` (via `column_map`), checked for presence and empty text.
 
-    A missing `id` is made from the text of `id_from` (default: all fields).
+    A missing `id` is made from the text of `id_from` (default: all fields). Every mapped column
+    must exist. Skip rows of an rlaif output (records left out as too long) are left out with a
+    warning. `rows`: the file's rows when the caller has read them already.
     """
     column_map = column_map or {}
+    _check_column_map(column_map, fields)
+    rows = read_rows(path) if rows is None else rows
+    if rows:
+        kept = [row for row in rows if not is_skip_row(row)]
+        if len(kept) < len(rows):
+            log.warning("%s: left out %d record(s) skipped when it was made (too long for the model).", path,
+                        len(rows) - len(kept))
+        rows = kept
+    if not rows:
+        raise RlaifError(f"{path} holds no records.")
+    source = {name: column_map.get(name, name) for name in fields}
+    _check_columns(path, rows[0], source, column_map)
+    id_col = column_map.get("id", "id")
+    seen: set[str] = set()
+    return [_check_record(path, number, row, source, id_col, fields, id_from, keep_extra, seen)
+            for number, row in enumerate(rows, 1)]
+
+
+def _check_column_map(column_map: dict[str, str], fields: Sequence[str]) -> None:
     unknown = sorted(set(column_map) - set(fields) - {"id"})
     if unknown:
         raise RlaifError(f"--column-map names unknown field(s) {', '.join(unknown)}; "
                          f"the fields are: {', '.join([*fields, 'id'])}.")
-    rows = read_rows(path)
-    if not rows:
-        raise RlaifError(f"{path} holds no records.")
-    source = {name: column_map.get(name, name) for name in fields}
-    present = set(rows[0])
-    missing = [f"{name}" + (f" (mapped to {col!r})" if col != name else "") for name, col in source.items() if col not in present]
+
+
+def _check_columns(path: str | Path, first: dict[str, Any], source: dict[str, str], column_map: dict[str, str]) -> None:
+    """Every field's column (and a mapped id column) must be in the first row."""
+    present = set(first)
+    mapped = {**source, **({"id": column_map["id"]} if "id" in column_map else {})}  # a mapped id column must exist
+    missing = [f"{name}" + (f" (mapped to {col!r})" if col != name else "") for name, col in mapped.items()
+               if col not in present]
     if missing:
         hint = ", ".join(sorted(present))
         raise RlaifError(
             f"{path} lacks column(s) {', '.join(missing)}; it has: {hint}. Map yours with --column-map FIELD=COLUMN."
         )
-    id_col = column_map.get("id", "id")
-    records = []
-    seen: set[str] = set()
-    for number, row in enumerate(rows, 1):
-        record = {name: as_text(row.get(col), f"{path} record {number}: field {name!r}") for name, col in source.items()}
-        for name, value in record.items():
-            if not value.strip():
-                raise RlaifError(f"{path} record {number}: field {name!r} is empty; remove the record or fill it in.")
-        raw_id = row.get(id_col)
-        rid = str(raw_id) if raw_id not in (None, "") else content_id(*(record[f] for f in (id_from or fields)))
+
+
+def _check_record(path: str | Path, number: int, row: dict[str, Any], source: dict[str, str], id_col: str,
+                  fields: Sequence[str], id_from: Sequence[str] | None, keep_extra: bool, seen: Any) -> dict[str, Any]:
+    """Row `number` as a record: fields as text, none empty, its id (made from the text when missing) not in
+    `seen` (a set or an IdSet; None: not checked), then added to it."""
+    record = {name: as_text(row.get(col), f"{path} record {number}: field {name!r}") for name, col in source.items()}
+    for name, value in record.items():
+        if not value.strip():
+            raise RlaifError(f"{path} record {number}: field {name!r} is empty; remove the record or fill it in.")
+    raw_id = row.get(id_col)
+    rid = str(raw_id) if raw_id not in (None, "") else content_id(*(record[f] for f in (id_from or fields)))
+    if seen is not None:
         if rid in seen:
             if raw_id in (None, ""):
                 raise RlaifError(f"{path} record {number} repeats an earlier record word for word (its id {rid!r} "
                                  "was made from its content); remove the repeat or give each record an id.")
             raise RlaifError(f"{path} record {number}: duplicate id {rid!r}; ids must be unique.")
         seen.add(rid)
-        record = {"id": rid, **record}
-        if keep_extra:
-            record["extra"] = {k: v for k, v in row.items() if k not in source.values() and k != id_col}
-        records.append(record)
-    return records
+    record = {"id": rid, **record}
+    if keep_extra:
+        record["extra"] = {k: v for k, v in row.items() if k not in source.values() and k != id_col}
+    return record
 
 
 def with_ids(records: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
@@ -268,3 +331,122 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+# -- streaming: inputs too big to hold ------------------------------------------------------------------------------
+
+
+def iter_rows(path: str | Path, batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
+    """The rows of an input, read a batch at a time (what `read_rows` returns, without holding the file).
+
+    JSONL line by line; CSV, Parquet and saved datasets `batch_rows` rows at a time. CSV
+    cells come as text, as written (`read_rows` lets pandas guess numbers for the whole file,
+    which a reader of one batch at a time cannot). A .json file holding one list is read whole.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RlaifError(f"Input {path} does not exist: check the path.")
+    if path.is_dir():
+        yield from _iter_hf_dataset(path, batch_rows)
+        return
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            import pandas as pd  # noqa: PLC0415 (optional, heavy)
+
+            for frame in pd.read_csv(path, keep_default_na=False, dtype=str, chunksize=batch_rows):
+                yield from frame.to_dict(orient="records")
+        elif suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq  # noqa: PLC0415
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                yield from batch.to_pylist()
+        elif suffix == ".json" and _first_char(path) == "[":
+            yield from read_rows(path)
+        else:
+            yield from read_jsonl(path)
+    except ImportError as err:
+        raise RlaifError(f"Reading {suffix} files needs pandas and pyarrow: pip install pandas pyarrow.") from err
+    except RlaifError:
+        raise
+    except UnicodeDecodeError as err:
+        raise (first_non_utf8_line(path) or RlaifError(f"{path} is not UTF-8 text; save it as UTF-8.")) from err
+    except (OSError, ValueError) as err:  # pandas' ParserError/EmptyDataError and pyarrow's errors are ValueErrors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RlaifError(f"Cannot read {path} as {suffix.lstrip('.') or 'JSONL'}: {first}. Check the file.") from err
+
+
+def _first_char(path: Path) -> str:
+    with path.open("rb") as handle:
+        return handle.read(4096).lstrip()[:1].decode("ascii", "replace")
+
+
+def _iter_hf_dataset(path: Path, batch_rows: int) -> Iterator[dict[str, Any]]:
+    for batch in _open_hf_dataset(path).iter(batch_size=batch_rows):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+
+
+class RecordStream:
+    """The checked records of an input file, read again in batches each time it is iterated.
+
+    Each pass yields what `read_records(path, ...)[:limit]` returns, with the same checks and
+    errors; the first whole pass also refuses repeated ids (remembered as an `IdSet`, about 12
+    bytes an id) and sets `count`. Stages take it wherever they take a list of records, so a
+    million-record input is never held in memory.
+    """
+
+    def __init__(self, path: str | Path, fields: Sequence[str], column_map: dict[str, str] | None = None,
+                 id_from: Sequence[str] | None = None, keep_extra: bool = False, limit: int | None = None):
+        self.path = Path(path)
+        self.fields = list(fields)
+        self.column_map = dict(column_map or {})
+        self.id_from = id_from
+        self.keep_extra = keep_extra
+        self.limit = limit
+        self.count: int | None = None  # records, once a pass has read them all
+        _check_column_map(self.column_map, self.fields)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from rlaif.idset import IdSet  # noqa: PLC0415
+
+        seen = IdSet() if self.count is None else None
+        source = {name: self.column_map.get(name, name) for name in self.fields}
+        id_col = self.column_map.get("id", "id")
+        number = skipped = 0
+        for row in iter_rows(self.path):
+            if self.limit and number >= self.limit:
+                break
+            if is_skip_row(row):
+                skipped += 1
+                continue
+            number += 1
+            if number == 1:
+                _check_columns(self.path, row, source, self.column_map)
+            yield _check_record(self.path, number, row, source, id_col, self.fields, self.id_from,
+                                self.keep_extra, seen)
+        if skipped and seen is not None:
+            log.warning("%s: left out %d record(s) skipped when it was made (too long for the model).", self.path,
+                        skipped)
+        if not number:
+            raise RlaifError(f"{self.path} holds no records.")
+        self.count = number
+
+
+def stream_records(path: str | Path, fields: Sequence[str], column_map: dict[str, str] | None = None,
+                   id_from: Sequence[str] | None = None, keep_extra: bool = False,
+                   limit: int | None = None) -> RecordStream:
+    """`read_records` for inputs of any size: a `RecordStream` (re-iterable, read in batches)."""
+    return RecordStream(path, fields, column_map, id_from, keep_extra, limit)
+
+
+def stage_records(records: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]] | RecordStream:
+    """What a stage iterates: a `RecordStream` as it is (checked as it is read), anything else through `with_ids`."""
+    if isinstance(records, RecordStream):
+        missing = [f for f in fields if f not in records.fields]
+        if missing:
+            raise RlaifError(f"The records of {records.path} have no {', '.join(missing)}; this stage needs "
+                             f"{', '.join(fields)}.")
+        return records
+    return with_ids(records, fields)

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from rlaif import __version__
 from rlaif.backends import Backend, GenerationSettings, parse_option_items
 from rlaif.backends.cached import open_backend
@@ -30,9 +28,11 @@ from rlaif.constitution import (
     load_constitution,
 )
 from rlaif.errors import RlaifError
-from rlaif.io import with_ids
+from rlaif.io import stage_records
+from rlaif.limits import LengthLimit, check_length_options
 from rlaif.templates import Template, load_template
-from rlaif.runs import Run, rows_by_key, run_chunks
+from rlaif.runs import rows_by_key, run_chunks
+from rlaif.shards import open_run
 from rlaif.text import RATIONALE_STOPS, format_conversation, trim_rationale
 from rlaif.records import Label
 from rlaif.options import ScoringEngine
@@ -62,8 +62,11 @@ class LabelConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
     backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The back end's own options (KEY=VALUE), e.g. dtype=bfloat16 or batch_tokens=4096 (transformers), concurrency=16 (server)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "Longest prompt, in tokens (default: what the model takes); a pair whose prompt is longer is skipped or refused (--on-too-long)."})
+    on_too_long: str = field(default="skip", metadata={"help": "A pair whose prompt does not fit the model: `skip` it (its row says why) or `error` (stop before any work)."})
 
     def __post_init__(self) -> None:
+        check_length_options(self.max_prompt_tokens, self.on_too_long)
         if self.principles not in ("all", "one", "k"):
             raise RlaifError(f"--principles must be all, one or k, not {self.principles!r}.")
         if not 0.0 <= self.clamp_low <= 0.5 <= self.clamp_high <= 1.0:
@@ -97,9 +100,10 @@ class Labeller:
             kind = "chain-of-thought few-shot" if config.cot else "few-shot"
             raise RlaifError(f"--few-shot {config.few_shot} asks for more examples than constitution "
                              f"{self.constitution.name!r} has ({len(examples)} {kind}); use at most {len(examples)}.")
-        if config.principles == "k" and not config.only and config.k > len(self.constitution.principles):
-            raise RlaifError(f"--k {config.k} is more than the {len(self.constitution.principles)} principles of "
-                             f"{self.constitution.name!r}: use --k {len(self.constitution.principles)} or "
+        pool = len(config.only) if config.only else len(self.constitution.principles)
+        if config.principles == "k" and config.k > pool:
+            given = "given with --only" if config.only else f"of {self.constitution.name!r}"
+            raise RlaifError(f"--k {config.k} is more than the {pool} principles {given}: use --k {pool} or "
                              "--principles all.")
         self.backend = open_backend(config.model, config.backend_options, config.cache_dir, config.no_cache, backend)
         self.engine = ScoringEngine(self.backend)
@@ -108,6 +112,20 @@ class Labeller:
     def _check_template(self) -> None:
         """Render once with dummy values so a template with an unknown variable fails before the model loads."""
         self.template.render(conversation="c", principle="p", response_a="a", response_b="b", few_shot=[])
+
+    def prompts_for(self, pair: dict[str, str]) -> list[str]:
+        """Every prompt the model reads for one pair (its principles, both orders), as `label` renders them."""
+        chosen = choose_principles(self.constitution, self.config.principles, pair["id"], self.config.seed,
+                                   self.config.k, list(self.config.only))
+        return [self._render(pair, principle, swapped) for principle in chosen for swapped in (False, True)]
+
+    def reserve_tokens(self) -> int:
+        """Tokens the model reads after a prompt: the longest answer spelling (with CoT: rationale and stub first)."""
+        spelling = max(len(ids) for ids in self.engine.table(self.template.option_spellings()).ids.values())
+        if not self.config.cot:
+            return spelling
+        stub = len(self.backend.tokenizer.encode(" " + self.template.answer_stub, add_special_tokens=False))
+        return self.config.max_rationale_tokens + stub + spelling + 1
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -168,35 +186,56 @@ class Labeller:
         )
 
 
+def label_row(label: Label, pair: dict[str, Any]) -> dict[str, Any]:
+    """A label as written: the Label's fields, plus `human` ("a"/"b") when the pair came from a human preference."""
+    row = asdict(label)
+    if pair.get("human") in ("a", "b"):
+        row["human"] = pair["human"]
+    return row
+
+
 def label_pairs(pairs: Iterable[dict[str, str]], config: LabelConfig, out: str | Path, overwrite: bool = False,
                 backend: Backend | None = None, progress: bool = True, resume: bool = True,
-                inputs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+                inputs: Sequence[str | Path] = (), return_rows: bool = True) -> list[dict[str, Any]] | dict[str, Any]:
     """Label `pairs` (id optional), appending Label rows to `out` and resuming what is already there.
 
     Returns the label rows for `pairs`, in input order. A run killed at any point
     and started again finishes without recomputing cached results and without
     duplicate or missing records. `resume=False` refuses an existing `out`;
     `inputs`: the files `pairs` came from (an output that is one of them is refused).
+
+    For inputs of any size pass a `rlaif.io.RecordStream` (`stream_records(path, ...)`) and
+    `return_rows=False`: the input is read in batches, nothing of it or of the output is held,
+    and the summary (OUT's meta) is returned instead of the rows. Under `accelerate launch` or
+    `torchrun` each process labels its share and rank 0 merges them into `out` (rlaif.shards).
     """
-    pairs = with_ids(pairs, PAIR_FIELDS)
+    pairs = stage_records(pairs, PAIR_FIELDS)
     mode = "overwrite" if overwrite else ("resume" if resume else "new")
-    with Run(out, config, mode, inputs=inputs, stage="label") as run:
-        todo = list(run.todo(pairs))
-        orphans = len(run.done - {p["id"] for p in pairs})
+    with open_run(out, config, mode, inputs=inputs, stage="label") as run:
+        todo = run.scan(pairs)  # this process's pairs left; also counts `run.orphans` (ids that left the input)
         started = time.time()
-        labeller = Labeller(config, backend) if todo or not run.old_meta else None
+        labeller = Labeller(config, backend) if not run.idle or not run.old_meta else None
         if labeller:
-            run.start(labeller.backend.model_id, **labeller.meta(), pairs_in_input=len(pairs))
+            limit = LengthLimit.for_backend(labeller.backend, config.max_prompt_tokens, config.on_too_long,
+                                            labeller.reserve_tokens())
+            too_long = limit.scan(run.todo(pairs), "id", PAIR_FIELDS, labeller.prompts_for, what="pair")
+            run.start(labeller.backend.model_id, **labeller.meta(), pairs_in_input=run.total,
+                      prompt_token_limit=limit.limit)
             loaded = time.time()
-            with tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair", desc="label",
-                      disable=not progress) as bar:
-                run_chunks(run, todo, lambda chunk: [asdict(x) for x in labeller.label(chunk)], config.chunk_pairs, bar)
+            with run.progress_bar("pair", "label", disable=not progress) as bar:
+                run_chunks(run, run.todo(pairs),
+                           lambda chunk: [label_row(x, pair) for x, pair in zip(labeller.label(chunk), chunk)],
+                           config.chunk_pairs, bar, skip=too_long)
             cache = labeller.backend.cache
-            run.finish(pairs=len(run.done), labelled_this_run=len(todo), seconds_this_run=round(time.time() - loaded, 2),
-                       model_load_seconds=round(loaded - started, 2), cache_hits=cache.hits,
-                       cache_misses=cache.misses, orphans=orphans)
-        if orphans:
-            log.warning("%s holds %d label(s) whose ids are not in this input (kept; the input changed?).", out, orphans)
+            meta = run.finish(pairs=len(run.done), labelled_this_run=todo - len(too_long),
+                              skipped_this_run=len(too_long), seconds_this_run=round(time.time() - loaded, 2),
+                              model_load_seconds=round(loaded - started, 2), cache_hits=cache.hits,
+                              cache_misses=cache.misses)
+        else:  # all labelled already: the meta must show this run's figures, not the last run's
+            meta = run.finish(labelled_this_run=0, skipped_this_run=0, seconds_this_run=0.0, model_load_seconds=0.0,
+                              cache_hits=0, cache_misses=0)
+    if not return_rows:
+        return meta
     rows = rows_by_key(out, (p["id"] for p in pairs))
     missing = [p["id"] for p in pairs if p["id"] not in rows]
     if missing:

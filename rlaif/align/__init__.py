@@ -78,6 +78,8 @@ def read_human_pairs(path: str | Path, column_map: dict[str, str] | None = None)
             "Map yours with --column-map FIELD=COLUMN, e.g. --column-map chosen=response_good."
         )
     id_col = column_map.get("id", "id")
+    if "id" in column_map and id_col not in rows[0]:  # a mapped column must exist, the id's too
+        raise RlaifError(f"{path} lacks column {id_col!r} (mapped to id); it has: {', '.join(sorted(rows[0]))}.")
     pairs, skipped, seen = [], Counter(), set()
     for row in rows:
         pair = {name: as_text(row.get(col), f"{path}: field {name!r}") for name, col in source.items()}

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import click
 
 from rlaif.backends import check_options
-from rlaif.cli.common import config_option, model_options, one_line_errors, run_mode_check
+from rlaif.cli.common import (
+    config_option,
+    echo_skipped,
+    model_options,
+    one_line_errors,
+    run_mode_check,
+    with_length_options,
+)
 from rlaif.cli.label import warn_low_mass
 from rlaif.drlaif import ScoreConfig, score_records
-from rlaif.io import parse_column_map, read_records
+from rlaif.distributed import is_main_process
+from rlaif.io import is_skip_row, parse_column_map, stream_records
 from rlaif.runs import meta_path
+from rlaif.shards import output_rows
+
+_HELP = {f.name: f.metadata.get("help", "") for f in fields(ScoreConfig)}
 
 
 @click.command("score")
@@ -30,6 +42,7 @@ from rlaif.runs import meta_path
 @click.option("--template", default="drlaif-score", help="Rating template: built-in name or .j2 path.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Raw-result cache directory.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the raw-result cache.")
+@with_length_options(_HELP)
 @one_line_errors
 def score(input_path: str, out: str, column_map: tuple[str, ...], limit: int | None, resume: bool, overwrite: bool,
           **options: Any) -> None:
@@ -37,11 +50,22 @@ def score(input_path: str, out: str, column_map: tuple[str, ...], limit: int | N
     run_mode_check(resume, overwrite)
     config = ScoreConfig(**options)
     check_options(config.model, config.backend_options)
-    records = read_records(input_path, ["prompt", "response"], parse_column_map(column_map))
-    records = records[:limit] if limit else records
-    rows = score_records(records, config, out, overwrite=overwrite, resume=resume, inputs=[input_path])
-    mean = sum(row["score"] for row in rows) / len(rows)
-    click.echo(f"Scored {len(rows)} responses: mean score {mean:+.3f} (mean rating {5.5 + 4.5 * mean:.2f}/10).")
+    records = stream_records(input_path, ["prompt", "response"], parse_column_map(column_map), limit=limit)
+    run = score_records(records, config, out, overwrite=overwrite, resume=resume, inputs=[input_path],
+                        return_rows=False)
+    if not is_main_process():
+        return  # rank 0 of a launched job reports for all of them
+    rows, total, mass, low, skipped = 0, 0.0, 0.0, 1.0, []
+    for row in output_rows(out, records, run):  # one pass over OUT: counts, not the rows
+        if is_skip_row(row):
+            skipped.append(row)
+            continue
+        rows, total, mass, low = rows + 1, total + row["score"], mass + row["option_mass"], min(low, row["option_mass"])
+    echo_skipped(skipped, "response", out)
+    if not rows:
+        click.echo(f"Wrote {out} and {meta_path(out)}.")
+        return
+    mean = total / rows
+    click.echo(f"Scored {rows} responses: mean score {mean:+.3f} (mean rating {5.5 + 4.5 * mean:.2f}/10).")
     click.echo(f"Wrote {out} and {meta_path(out)}.")
-    mass = sum(row["option_mass"] for row in rows) / len(rows)
-    warn_low_mass(mass, min(row["option_mass"] for row in rows), "ratings")
+    warn_low_mass(mass / rows, low, "ratings")
