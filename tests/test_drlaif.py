@@ -15,6 +15,7 @@ from rlaif.backends import TokenRequest
 from rlaif.cli import cli
 from rlaif.drlaif import DRLAIFScorer, ScoreConfig, expected_rating, rating_to_score
 from rlaif.errors import RlaifError
+from rlaif.rl.ppo import ppo_trl_installed
 
 WORDS = ("Consider the following conversation between a human and an assistant Human Assistant Rate assistant's "
          "last response on scale of to where is worst best Rating : ( ) - . , how do i bake bread good bad").split()
@@ -153,6 +154,7 @@ def test_cli_missing_column_is_one_line_error(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.skipif(not ppo_trl_installed(), reason="needs the ppo extra's TRL (1.12); .ci/ppo-extra.sh runs it")
 def test_ppo_step_uses_the_drlaif_scores_of_the_decoded_texts(tiny_model_dir, tmp_path, monkeypatch):
     """One PPO run rewarded by d-RLAIF on a feedback model with another tokenizer than the policy's."""
     import trl.experimental.ppo.ppo_trainer as ppo_trainer

@@ -112,7 +112,7 @@ def test_unknown_column_map_field_and_yaml_mapping(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["train-rm", "--labels", "x.jsonl", "--out", "{out}"],
-    ["ppo", "--prompts", "x.jsonl", "--policy", "default", "--d-rlaif", "--output-dir", "{out}"],
+    ["grpo", "--prompts", "x.jsonl", "--policy", "default", "--d-rlaif", "--output-dir", "{out}"],
 ])
 def test_trained_outputs_are_not_silently_replaced(tmp_path, command):
     out = tmp_path / "run"

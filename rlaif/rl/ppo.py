@@ -1,51 +1,80 @@
 """RL from AI feedback with TRL's PPO, rewarded by any text reward function.
 
-`run_ppo` trains a causal LM policy with `trl.experimental.ppo.PPOTrainer`: value
-model initialised from the policy's weights, reference policy a frozen copy of it,
-rewards from a reward model with any tokenizer (`RewardModelFunction`) or from the
-feedback LLM directly (d-RLAIF), through `TextRewardModel` (see rlaif/ppo_rewards.py
-for why an adapter module and not a trainer subclass). It writes the trained policy,
-`ppo_log.jsonl` (reward / KL / response length per PPO step) and `ppo_curve.png`.
+`run_ppo` trains a causal LM policy with `trl.experimental.ppo.PPOTrainer` (TRL
+1.12, the `ppo` extra: TRL removed PPO in 1.13): value model initialised from the
+policy's weights, reference policy a frozen copy of it (with LoRA: the policy with
+its adapters disabled, and the value model gets adapters too), rewards from the
+reward `rlaif.rl.reward_functions.load_reward` names through `TextRewardModel` (see
+rlaif/rl/rewards.py for why an adapter module and not a trainer subclass). It writes
+the trained policy (with a model card), `ppo_log.jsonl` (reward / KL / response
+length per PPO step) and `ppo_curve.png`; checkpoints every `save_steps` updates
+make a killed run resumable (rlaif/rl/ppo_trainer.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlaif import __version__
-from rlaif.backends.default import default_model_dir, is_default
 from rlaif.errors import RlaifError
-from rlaif.io import meta_path, parse_column_map, read_records, read_rows, write_json
+from rlaif.io import parse_column_map, read_records
+from rlaif.rl.common import load_policy_tokenizer
+from rlaif.rl.reward_functions import RewardFn, RewardSettings, load_reward
 
-if TYPE_CHECKING:
-    from rlaif.ppo_rewards import RewardFn
+__all__ = ["PPORunConfig", "build_prompt_dataset", "check_ppo_trl", "load_policy_tokenizer", "ppo_trl_installed",
+           "run_ppo"]
 
 logger = logging.getLogger(__name__)
 
+LOG_NAME, CURVE_NAME = "ppo_log.jsonl", "ppo_curve.png"
+PANELS = (("reward_mean", "mean reward"), ("kl", "KL to reference"), ("response_length_mean", "response tokens"))
+PPO_EXTRA_HINT = "pip install 'rlaif[ppo]' (from a clone: pip install -e '.[ppo]')"
+
+
+def check_ppo_trl() -> None:
+    """Fail in one line, before importing TRL, when the installed TRL has no PPOTrainer (TRL >= 1.13)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    from packaging.version import Version  # noqa: PLC0415
+
+    try:
+        installed = version("trl")
+    except PackageNotFoundError:
+        installed = None
+    if installed is None or Version(installed) >= Version("1.13"):
+        found = f"TRL {installed} is installed" if installed else "TRL is not installed"
+        raise RlaifError(f"rlaif ppo needs the ppo extra: TRL removed PPOTrainer in 1.13 and {found}; "
+                         f"{PPO_EXTRA_HINT} in its own environment, or use rlaif grpo.")
+
+
+def ppo_trl_installed() -> bool:
+    """Whether this environment's TRL has PPOTrainer (the ppo extra), without importing TRL."""
+    try:
+        check_ppo_trl()
+    except RlaifError:
+        return False
+    return True
+
 
 @dataclass
-class PPORunConfig:
+class PPORunConfig(RewardSettings):
     """Settings of one `rlaif ppo` run; CLI flags match the fields one to one."""
 
     prompts: str = field(metadata={"help": "Prompt file (JSONL/CSV/Parquet/saved dataset) with a `prompt` column."})
     policy: str = field(metadata={"help": "Policy to train: `default` (the embedded Gemma 3 270M), a causal LM directory or a Hugging Face id."})
-    output_dir: str = field(metadata={"help": "Folder for the trained policy (policy/), ppo_log.jsonl, ppo_curve.png."})
-    reward_model: str | None = field(
-        default=None,
-        metadata={"help": "Sequence-classification reward model directory (num_labels=1); any tokenizer."},
-    )
-    d_rlaif: bool = field(default=False, metadata={"help": "Reward = the feedback LLM's 1-10 score mapped to [-1, 1]."})
-    feedback_model: str = field(default="default", metadata={"help": "Feedback LLM for --d-rlaif."})
-    constitution: str = field(default="cai-harmless", metadata={"help": "Constitution for --d-rlaif."})
-    principle: str | None = field(default=None, metadata={"help": "One principle id for --d-rlaif (default: the constitution's first)."})
+    output_dir: str = field(metadata={"help": "Folder for the trained policy (policy/), ppo_log.jsonl, ppo_curve.png, checkpoints/."})
     column_map: tuple[str, ...] = field(default=(), metadata={"help": "Map the prompt column: prompt=COLUMN."})
     steps: int = field(default=20, metadata={"help": "PPO updates; each generates and scores one batch."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per PPO update (per device)."})
     mini_batches: int = field(default=1, metadata={"help": "Mini-batches each update's batch is split into."})
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per forward/backward pass, gradients accumulated over the batch (less memory); "
+                          "default: the whole batch. Needs --mini-batches 1."},
+    )
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch per update."})
     learning_rate: float = field(default=3e-6, metadata={"help": "AdamW learning rate of policy and value model."})
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient against the reference policy."})
@@ -61,48 +90,29 @@ class PPORunConfig:
     plain_prompts: bool = field(
         default=False, metadata={"help": "Feed prompts as plain text even if the policy has a chat template."}
     )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on all linear layers of policy and value model; 0 = full fine-tuning."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every this many updates (what --resume continues from)."})
     seed: int = field(default=42, metadata={"help": "Random seed (sampling, value head, data order)."})
 
     def validate(self) -> None:
-        if bool(self.reward_model) == bool(self.d_rlaif):
-            raise RlaifError("Give exactly one reward: --reward-model DIR or --d-rlaif.")
-        for name in ("steps", "batch_size", "mini_batches", "ppo_epochs", "response_length", "max_prompt_length"):
+        self.check_reward()
+        for name in ("steps", "batch_size", "mini_batches", "ppo_epochs", "response_length", "max_prompt_length",
+                     "save_steps"):
             if getattr(self, name) < 1:
                 raise RlaifError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.batch_size % self.mini_batches:
             raise RlaifError(f"batch_size {self.batch_size} must be a multiple of mini_batches {self.mini_batches}.")
+        micro = self.micro_batch_size or self.batch_size
+        if micro < 1 or self.batch_size % micro:
+            raise RlaifError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {micro}.")
+        if micro < self.batch_size and self.mini_batches > 1:
+            raise RlaifError("--micro-batch-size needs --mini-batches 1: TRL's PPO accumulates gradients over the "
+                             "whole batch, so mini-batches would no longer be one optimiser step each.")
         if self.temperature <= 0 or self.kl_coef < 0 or self.learning_rate <= 0:
             raise RlaifError("temperature and learning_rate must be > 0 and kl_coef >= 0.")
-
-
-def build_reward_fn(config: PPORunConfig) -> RewardFn:
-    """The text reward function the config asks for: a reward model or the d-RLAIF scorer."""
-    if config.reward_model:
-        from rlaif.ppo_rewards import RewardModelFunction  # noqa: PLC0415
-
-        return RewardModelFunction(config.reward_model)
-    from rlaif.drlaif import DRLAIFScorer, ScoreConfig  # noqa: PLC0415 (heavy; only for --d-rlaif)
-
-    return DRLAIFScorer(
-        ScoreConfig(model=config.feedback_model, constitution=config.constitution, principle=config.principle)
-    )
-
-
-def load_policy_tokenizer(policy: str) -> Any:
-    """The policy's tokenizer, with a pad token (EOS if it has none; TRL masks pad ids)."""
-    from transformers import AutoTokenizer  # noqa: PLC0415
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(policy)
-    except (OSError, ValueError) as err:
-        raise RlaifError(f"Cannot load the policy tokenizer from {policy!r}: {err}. Give a model directory.") from err
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise RlaifError(f"Policy {policy} has neither a pad nor an EOS token; add a pad token to its tokenizer.")
-        logger.warning("The policy tokenizer has no pad token; using EOS %r (EOS inside prompts is then masked).",
-                       tokenizer.eos_token)
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+        if self.lora_r < 0 or self.lora_alpha <= 0:
+            raise RlaifError("--lora-r must be >= 0 (0 = full fine-tuning) and --lora-alpha > 0.")
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
@@ -147,72 +157,57 @@ def build_prompt_dataset(
 
 
 def load_models(config: PPORunConfig, tokenizer: Any, context_length: int) -> tuple[Any, Any, Any]:
-    """Policy, reference policy and value model (the policy's weights + a fresh scalar head)."""
+    """Policy, reference policy (None with LoRA: the adapter-disabled policy) and value model.
+
+    The value model is the policy's weights with a fresh scalar head; with LoRA it gets
+    its own adapters (and a trained head) instead of full fine-tuning.
+    """
+    import torch  # noqa: PLC0415
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: PLC0415
     from trl.trainer.reward_trainer import suppress_seqcls_warning  # noqa: PLC0415
 
+    from rlaif.rl.common import check_context, lora_config  # noqa: PLC0415
+
     try:
-        policy = AutoModelForCausalLM.from_pretrained(config.policy)
-        ref_policy = AutoModelForCausalLM.from_pretrained(config.policy)
+        policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
+        ref_policy = None if config.lora_r else AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
         with suppress_seqcls_warning():  # the LM head is dropped and a value head made, as intended
-            value_model = AutoModelForSequenceClassification.from_pretrained(config.policy, num_labels=1)
+            value_model = AutoModelForSequenceClassification.from_pretrained(config.policy, num_labels=1,
+                                                                              dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise RlaifError(f"Cannot load policy {config.policy!r} as a causal LM: {err}.") from err
-    limit = getattr(policy.config, "max_position_embeddings", None)
-    if limit and context_length + config.response_length > limit:
-        raise RlaifError(
-            f"Prompts of {context_length} tokens + responses of {config.response_length} exceed the policy's context "
-            f"of {limit}; lower --max-prompt-length or --response-length."
-        )
+    check_context(policy, context_length, config.response_length)
     for model in (policy, ref_policy, value_model):
-        model.config.pad_token_id = tokenizer.pad_token_id
+        if model is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    if config.lora_r:
+        from peft import get_peft_model  # noqa: PLC0415 (lora_config has checked that peft is there)
+
+        value_model = get_peft_model(value_model, lora_config(config.lora_r, config.lora_alpha, task_type="SEQ_CLS"))
     return policy, ref_policy, value_model
 
 
-def trl_config(config: PPORunConfig) -> Any:
-    """TRL's PPOConfig for our settings (no checkpoints, no reporting, bf16 only on a GPU that has it)."""
-    import torch  # noqa: PLC0415
+def trl_config(config: PPORunConfig, steps_left: int) -> Any:
+    """TRL's PPOConfig for the updates still to do (checkpoints every save_steps, no reporting)."""
     from trl.experimental.ppo import PPOConfig  # noqa: PLC0415
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from rlaif.rl.checkpoints import checkpoint_root  # noqa: PLC0415
+    from rlaif.rl.common import use_bf16  # noqa: PLC0415
+
+    micro = config.micro_batch_size or config.batch_size
     return PPOConfig(
-        output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
+        output_dir=str(checkpoint_root(config.output_dir)), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // micro,
         num_mini_batches=config.mini_batches, num_ppo_epochs=config.ppo_epochs,
-        total_episodes=config.steps * config.batch_size, learning_rate=config.learning_rate,
+        total_episodes=steps_left * config.batch_size, learning_rate=config.learning_rate,
         kl_coef=config.kl_coef, response_length=config.response_length, temperature=config.temperature,
         stop_token="eos" if config.stop_at_eos else None, missing_eos_penalty=config.missing_eos_penalty,
-        local_rollout_forward_batch_size=config.batch_size, num_sample_generations=0, seed=config.seed,
-        bf16=bf16, fp16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        sft_model_path=config.policy, reward_model_path=config.reward_model or f"d-rlaif:{config.feedback_model}",
+        local_rollout_forward_batch_size=micro, num_sample_generations=0, seed=config.seed,
+        bf16=use_bf16(), fp16=False, report_to="none", save_strategy="steps", save_steps=config.save_steps,
+        logging_steps=1, disable_tqdm=True, sft_model_path=config.policy,
+        reward_model_path=config.reward_model or config.reward_fn or f"d-rlaif:{config.feedback_model}",
     )
-
-
-PLOTTED = (("reward_mean", "mean reward"), ("kl", "KL to reference"), ("response_length_mean", "response tokens"))
-
-
-def plot_ppo_log(log_path: str | Path, png_path: str | Path) -> Path | None:
-    """Plot reward, KL and response length per step; None (with a warning) without matplotlib."""
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        logger.warning("matplotlib is not installed, so no %s: pip install 'rlaif[plot]'.", png_path)
-        return None
-    rows = read_rows(log_path)
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(12, 3.2))
-    for ax, (key, title) in zip(axes, PLOTTED, strict=True):
-        points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-        ax.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3)
-        ax.set_title(title)
-        ax.set_xlabel("PPO step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return Path(png_path)
 
 
 def read_prompts(config: PPORunConfig) -> list[str]:
@@ -225,44 +220,88 @@ def read_prompts(config: PPORunConfig) -> list[str]:
     return [record["prompt"] for record in records]
 
 
-def run_ppo(config: PPORunConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]:
+def ppo_row(logs: dict[str, Any], reward_model: Any) -> dict[str, Any] | None:
+    """The log row of one PPO update from TRL's metrics and the rollouts the adapter scored."""
+    if "objective/scores" not in logs:
+        return None
+    lengths = [n for batch in reward_model.pop_batches() for n in batch["lengths"]]
+    return {
+        "episode": logs.get("episode"), "reward_mean": logs["objective/scores"], "kl": logs["objective/kl"],
+        "response_length_mean": sum(lengths) / len(lengths) if lengths else None,
+        "rlhf_reward": logs.get("objective/rlhf_reward"), "entropy": logs.get("objective/entropy"),
+        "policy_loss": logs.get("loss/policy_avg"), "value_loss": logs.get("loss/value_avg"),
+        "eos_count": logs.get("val/num_eos_tokens"), "lr": logs.get("lr"),
+    }
+
+
+def run_ppo(config: PPORunConfig, reward_fn: RewardFn | None = None, resume: bool = False,
+            overwrite: bool = False) -> dict[str, Any]:
     """Train `config.policy` with PPO against `reward_fn` (default: the one the config names).
 
     `reward_fn` has TRL's reward signature `(prompts, completions, **kwargs) -> list[float]`.
-    Returns the output paths, the number of steps and the first and last mean reward.
+    `resume` continues the run in `output_dir` from its newest complete checkpoint.
+    Returns whole-run figures (steps, first and last mean reward, training seconds) and paths.
     """
-    from transformers import set_seed  # noqa: PLC0415
-    from trl.experimental.ppo import PPOTrainer  # noqa: PLC0415
+    from rlaif.rl.checkpoints import open_rl_run  # noqa: PLC0415
 
-    from rlaif.ppo_rewards import PPOLogCallback, TextRewardModel  # noqa: PLC0415
-
+    check_ppo_trl()
     config.validate()
-    if is_default(config.policy):  # the embedded Gemma 3 270M, converted once and cached
-        config = dataclasses.replace(config, policy=str(default_model_dir()))
-    prompts = read_prompts(config)
-    reward_fn = reward_fn or build_reward_fn(config)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with open_rl_run(out, out / LOG_NAME, config, resume=resume, overwrite=overwrite, stage="ppo") as (run, checkpoint):
+        if run.old_meta.get("status") == "done" and (out / "policy").is_dir():
+            return {**run.old_meta.get("result", {}), "already_done": True}
+        prompts = read_prompts(config)
+        reward = reward_fn if reward_fn is not None else load_reward(config)
+        return _train(config, run, checkpoint, prompts, reward)
+
+
+def _train(config: PPORunConfig, run: Any, checkpoint: Path | None, prompts: list[str], reward: RewardFn) -> dict[str, Any]:
+    from transformers import set_seed  # noqa: PLC0415
+
+    from rlaif.rl import common  # noqa: PLC0415
+    from rlaif.rl.checkpoints import checkpoint_step, log_summary  # noqa: PLC0415
+    from rlaif.rl.ppo_trainer import ResumablePPOTrainer  # noqa: PLC0415
+    from rlaif.rl.rewards import TextRewardModel  # noqa: PLC0415
+    from rlaif.rl.step_log import StepLog  # noqa: PLC0415
+
+    out, log = Path(config.output_dir), Path(config.output_dir) / LOG_NAME
+    policy_path = common.resolve_policy(config.policy)
     set_seed(config.seed)
-    tokenizer = load_policy_tokenizer(config.policy)
+    tokenizer = load_policy_tokenizer(policy_path)
     dataset, prompt_texts = build_prompt_dataset(prompts, tokenizer, config.max_prompt_length, config.plain_prompts)
     context_length = len(dataset[0]["input_ids"])
-    policy, ref_policy, value_model = load_models(config, tokenizer, context_length)
-    reward_model = TextRewardModel(reward_fn, tokenizer, context_length, prompt_texts)
-    log = PPOLogCallback(out / "ppo_log.jsonl", reward_model)
-    trainer = PPOTrainer(
-        args=trl_config(config), processing_class=tokenizer, model=policy, ref_model=ref_policy,
-        reward_model=reward_model, train_dataset=dataset, value_model=value_model, callbacks=[log],
+    policy, ref_policy, value_model = load_models(_with_policy(config, policy_path), tokenizer, context_length)
+    reward_model = TextRewardModel(reward, tokenizer, context_length, prompt_texts)
+    done = checkpoint_step(checkpoint) if checkpoint else 0
+    previous = log_summary(log) if checkpoint else {}
+    step_log = StepLog(run, lambda logs: ppo_row(logs, reward_model), previous.get("train_seconds") or 0.0)
+    run.start(policy_path, algorithm="ppo", rlaif_version=__version__, context_length=context_length,
+              resumed_from=[*run.old_meta.get("resumed_from", []), *([done] if checkpoint else [])])
+    peft = common.lora_config(config.lora_r, config.lora_alpha) if config.lora_r else None
+    trainer = ResumablePPOTrainer(
+        args=trl_config(_with_policy(config, policy_path), max(config.steps - done, 0)), processing_class=tokenizer,
+        model=policy, ref_model=ref_policy, reward_model=reward_model, train_dataset=dataset, value_model=value_model,
+        callbacks=[step_log], peft_config=peft, total_steps=config.steps, resume_from=checkpoint,
     )
-    trainer.train()
-    trainer.save_model(str(out / "policy"))
-    tokenizer.save_pretrained(out / "policy")
-    meta = {"config": asdict(config), "context_length": context_length, "rlaif_version": __version__}
-    write_json(meta_path(out / "ppo_log.jsonl"), meta)
-    plot = plot_ppo_log(out / "ppo_log.jsonl", out / "ppo_curve.png")
-    rewards = [row["reward_mean"] for row in log.rows]
-    return {
-        "policy_dir": str(out / "policy"), "log": str(out / "ppo_log.jsonl"), "plot": str(plot) if plot else None,
-        "steps": len(rewards), "reward_first": rewards[0] if rewards else None,
-        "reward_last": rewards[-1] if rewards else None,
-    }
+    if done < config.steps:
+        trainer.train()
+    trained = trainer.accelerator.unwrap_model(trainer.model).policy
+    paths = common.save_policy(trained, tokenizer, out / "policy")
+    summary = {**log_summary(log), "resumed_from": run.meta.get("resumed_from") or None,
+               "reference": "adapter-disabled base" if trainer.ref_model is None else "separate copy"}
+    lora = {"r": config.lora_r, "alpha": config.lora_alpha} if config.lora_r else None
+    common.write_policy_card(out / "policy", algorithm="ppo", base_model=config.policy,
+                             reward=common.describe_reward(config), summary=summary, config=asdict(config), lora=lora)
+    plot = common.plot_log(log, out / CURVE_NAME, PANELS, xlabel="PPO step")
+    result = {**paths, **summary, "log": str(log), "plot": str(plot) if plot else None}
+    run.finish(result=result, context_length=context_length)
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the policy is saved; checkpoints are model-sized
+    return result
+
+
+def _with_policy(config: PPORunConfig, policy_path: str) -> PPORunConfig:
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.replace(config, policy=policy_path)

@@ -12,50 +12,27 @@ padded prompt row, the response up to its first pad token, as TRL counts it),
 calls the text reward function once per batch, and returns the scores broadcast
 over every position, so whichever position TRL reads is the score. The prompt
 rows are left-padded to one fixed length when the data set is built (see
-`rlaif.ppo.build_prompt_dataset`), so the prompt/response split is a constant.
+`rlaif.rl.ppo.build_prompt_dataset`), so the prompt/response split is a constant.
 We chose this over a `PPOTrainer` subclass because `train()` is one 400-line
 method that would have to be copied, and over patching `get_reward`, which
 would change TRL for every caller in the process. It relies only on
 `get_reward`'s small contract, stable since TRL's PPOv2.
 
 `RewardModelFunction` is such a text reward function backed by a sequence
-classification reward model with its own tokenizer. `PPOLogCallback` writes
-one line per PPO step from TRL's metrics and the batches the adapter scored.
+classification reward model with its own tokenizer (the reward `--reward-model`
+names for every RL command, see rlaif/rl/reward_functions.py).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput
 
-from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter
-
-RewardFn = Callable[..., Sequence[float]]
-
-
-def check_scores(scores: Any, expected: int) -> list[float]:
-    """The reward function's output as floats: one finite number per completion."""
-    if isinstance(scores, torch.Tensor):
-        scores = scores.detach().flatten().tolist()
-    try:
-        values = [float(s) for s in scores]
-    except (TypeError, ValueError) as err:
-        raise RlaifError(f"The reward function returned {scores!r}; it must return a list of floats.") from err
-    if len(values) != expected:
-        raise RlaifError(
-            f"The reward function returned {len(values)} scores for {expected} completions; return one per completion."
-        )
-    if not all(math.isfinite(v) for v in values):
-        raise RlaifError(f"The reward function returned a NaN or infinite score ({values}); fix the scorer.")
-    return values
+from rlaif.rl.reward_functions import RewardFn, check_scores
 
 
 class _DecodeAndScore(nn.Module):
@@ -127,11 +104,11 @@ class RewardModelFunction:
 
     Loading, checks (num_labels=1) and the text the model reads (chat template, else
     prompt + response + EOS, cut from the left) are those of `rlaif train-rm`
-    (rlaif/rm_data.py), so PPO scores texts exactly as the reward model was trained on.
+    (rlaif/rm/data.py), so PPO scores texts exactly as the reward model was trained on.
     """
 
     def __init__(self, model_dir: str | Path, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
-        from rlaif.rm_data import load_model_and_tokenizer  # noqa: PLC0415
+        from rlaif.rm.data import load_model_and_tokenizer  # noqa: PLC0415
 
         self.model, self.tokenizer, _ = load_model_and_tokenizer(str(model_dir), training=False)
         self.model.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -140,35 +117,8 @@ class RewardModelFunction:
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        from rlaif.rm_data import encode_texts  # noqa: PLC0415
-        from rlaif.rm_eval import compute_rewards  # noqa: PLC0415
+        from rlaif.rm.data import encode_texts  # noqa: PLC0415
+        from rlaif.rm.eval import compute_rewards  # noqa: PLC0415
 
         ids, _ = encode_texts(self.tokenizer, list(prompts), list(completions), self.max_length)
         return compute_rewards(self.model, self.tokenizer.pad_token_id, ids, self.batch_size)
-
-
-class PPOLogCallback(TrainerCallback):
-    """Write one JSON line per PPO step: TRL's logged metrics plus the scored rollouts' lengths."""
-
-    def __init__(self, path: Path, reward_model: TextRewardModel):
-        self.writer = RecordWriter(path, overwrite=True)
-        self.reward_model = reward_model
-        self.rows: list[dict[str, Any]] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
-        if not logs or "objective/scores" not in logs:
-            return
-        lengths = [n for batch in self.reward_model.pop_batches() for n in batch["lengths"]]
-        row = {
-            "step": state.global_step, "episode": logs.get("episode"),
-            "reward_mean": logs["objective/scores"], "kl": logs["objective/kl"],
-            "response_length_mean": sum(lengths) / len(lengths) if lengths else None,
-            "rlhf_reward": logs.get("objective/rlhf_reward"), "entropy": logs.get("objective/entropy"),
-            "policy_loss": logs.get("loss/policy_avg"), "value_loss": logs.get("loss/value_avg"),
-            "eos_count": logs.get("val/num_eos_tokens"), "lr": logs.get("lr"),
-        }
-        self.rows.append(row)
-        self.writer.write(row)
-
-    def on_train_end(self, *_: Any, **__: Any) -> None:
-        self.writer.close()
