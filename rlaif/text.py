@@ -17,8 +17,19 @@ from rlaif.errors import RlaifError
 
 ROLE_NAMES = {"user": "Human", "human": "Human", "assistant": "Assistant", "system": "System"}
 _TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):[ \t]?")
-# A response ends where the model starts a new turn: any speaker label at the start of a line.
-SPEAKER_TURN = re.compile(r"\n[ \t]*(?:Human|Assistant|User|H|Student|Teacher|System)[ \t]*:")
+# Speaker labels that open a dialogue turn wherever a line starts with them ("Human:", "student:", "**User:**").
+SPEAKERS = ("Human", "Assistant", "User", "AI", "H", "Student", "Teacher", "System", "Model", "Bot", "Customer",
+            "Person", "Interviewer")
+_LABEL = rf"[ \t]*[*_]{{0,2}}(?i:{'|'.join(SPEAKERS)})[*_]{{0,2}}[ \t]*:"
+SPEAKER_TURN = re.compile(rf"\n{_LABEL}")
+# Any other speaker: a paragraph that opens with a name of up to three words, a colon and speech ("Officer: No.",
+# "Publicity officer: Cheese.").
+NAMED_TURN = re.compile(r"\n\n[ \t]*[*_]{0,2}[A-Z][a-z]+(?:[ -][A-Za-z][a-z]+){0,2}[*_]{0,2}:[ \t]+\S")
+_OWN_LABEL = re.compile(r"\A[ \t]*(?i:Assistant|AI|Model|Bot)[ \t]*:[ \t]*")  # the response restating its own label
+_OTHER_FIRST = re.compile(rf"\A{_LABEL}")
+# Stops of a response in the CAI plain format; `response_stops` adds the tokenizer's end-of-turn tokens.
+RESPONSE_STOPS = ("\nHuman:", "\nAssistant:", "\nUser:")
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_turn|>", "<|endofturn|>")
 PROMPT_FORMATS = ("auto", "chat", "plain")
 RATIONALE_STOPS = ("\nHuman:", "\n\nHuman", "Therefore, the answer is", "\n\n\n", "Consider the following conversation")
 
@@ -62,14 +73,61 @@ def to_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": roles[role], "content": content.strip()} for role, content in zip(parts[::2], parts[1::2])]
 
 
-def trim_response(text: str, stops: tuple[str, ...] = ()) -> str:
-    """The response up to where the model starts another speaker's turn (any "Name:" line), or a stop string."""
-    match = SPEAKER_TURN.search(text)
-    if match:
-        text = text[: match.start()]
+def trim_response(text: str, stops: tuple[str, ...] = (), named_turns: bool = True) -> str:
+    """The response up to where the model starts another speaker's turn, or the first stop string.
+
+    A turn starts at a known speaker label (`SPEAKERS`, any case: "Human:", "student:", "**User:**") at the
+    start of a line and, with `named_turns` (for plain-text transcripts, where base models invent dialogue), at a
+    paragraph that opens with a short capitalised name, a colon and speech ("\n\nOfficer: No."). A response
+    that restates its own label first ("Assistant: ...") keeps the text after it; one that opens with another
+    speaker's label is all invented turn, so nothing is left.
+    """
+    text = _OWN_LABEL.sub("", text.lstrip("\n"), count=1)
+    if _OTHER_FIRST.match(text):
+        return ""
+    turns = [m.start() for m in (SPEAKER_TURN.search(text), NAMED_TURN.search(text) if named_turns else None) if m]
+    if turns:
+        text = text[: min(turns)]
     for stop in stops:
-        text = text.split(stop)[0]
+        if stop:
+            text = text.split(stop)[0]
     return text.strip()
+
+
+def end_of_turn_marks(tokenizer: Any) -> tuple[str, ...]:
+    """The special tokens that close a chat turn (Gemma's `<end_of_turn>`, ChatML's `<|im_end|>`, Llama 3's
+    `<|eot_id|>`): the one the chat template writes after an assistant turn, and the known ones the vocabulary
+    has. A model can write them in plain format too; decoding drops them and the next turn would follow."""
+    marks = [m for m in END_OF_TURN_TOKENS if m in _added_tokens(tokenizer)]
+    probe = _template_end_of_turn(tokenizer)
+    return tuple(dict.fromkeys([*probe, *marks]))
+
+
+def _added_tokens(tokenizer: Any) -> set[str]:
+    try:
+        return set(tokenizer.get_added_vocab()) | {str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []}
+    except (AttributeError, TypeError):
+        return set()
+
+
+def _template_end_of_turn(tokenizer: Any) -> tuple[str, ...]:
+    """The first special token the chat template writes after an assistant message's text, if any."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ()
+    probe = "RLAIFENDOFTURNPROBE"
+    try:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": probe}],
+                                                 tokenize=False)
+    except Exception:  # noqa: BLE001 (a template that refuses this chat teaches nothing about its end of turn)
+        return ()
+    tail = rendered[rendered.rfind(probe) + len(probe):] if probe in rendered else ""
+    found = sorted((tail.find(t), t) for t in _added_tokens(tokenizer) if t and t in tail)
+    return (found[0][1],) if found else ()
+
+
+def response_stops(tokenizer: Any) -> tuple[str, ...]:
+    """Where a policy's response ends: a new speaker turn, or an end-of-turn token (see `end_of_turn_marks`)."""
+    return RESPONSE_STOPS + end_of_turn_marks(tokenizer)
 
 
 def trim_rationale(text: str) -> str:

@@ -175,7 +175,9 @@ def test_align_with_a_tiny_real_model(tiny_model, tmp_path):
     assert report["alignment"]["value"] == pytest.approx(expected)
     assert all(len(e["by_principle"]) == 2 for e in labels) and len(report["by_principle"]) >= 2
     assert 0 < report["option_mass"]["mean"] <= 1
-    rerun = run(args)  # resumes: every pair is already labelled, same report
+    refused = run(args)  # like every command: an existing output needs --resume or --overwrite
+    assert refused.exit_code == 1 and "exists: pass --resume to continue it or --overwrite" in refused.output
+    rerun = run([*args, "--resume"])  # every pair is already labelled: the same report
     assert rerun.exit_code == 0 and json.loads((out / "report.json").read_text()) == report
 
 

@@ -141,9 +141,10 @@ def test_missing_input_file(tiny_model_dir, tmp_path):
 
 
 def test_missing_columns(tiny_model_dir, tmp_path):
-    human = write_jsonl(tmp_path / "hh.jsonl", HUMAN)
-    result = run("--input", human, "--out", str(tmp_path / "o.jsonl"), "--model", tiny_model_dir)
-    assert_one_line_error(result, "lacks column(s) response_a, response_b", "--column-map")
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"prompt": h["prompt"], "good": h["chosen"], "bad": h["rejected"]}
+                                               for h in HUMAN])
+    result = run("--input", odd, "--out", str(tmp_path / "o.jsonl"), "--model", tiny_model_dir)
+    assert_one_line_error(result, "lacks column(s) response_a, response_b", "it has: bad, good, prompt", "--column-map")
 
 
 def test_empty_response(tiny_model_dir, tmp_path):
@@ -205,7 +206,8 @@ def test_model_dir_without_config(pairs_file, tmp_path):
 
 def test_unreachable_hub_model(pairs_file, tmp_path):
     result = run("--input", pairs_file, "--out", str(tmp_path / "o.jsonl"), "--model", "no-such-org/no-such-model")
-    assert_one_line_error(result, "Cannot load model 'no-such-org/no-such-model'")
+    assert_one_line_error(result, "Model 'no-such-org/no-such-model' is not in the local Hugging Face cache",
+                          "HF_HUB_OFFLINE is set")
 
 
 def test_tokenizer_that_cannot_spell_the_options(no_ab_model_dir, pairs_file, tmp_path):

@@ -141,7 +141,8 @@ def test_exports_sft_and_pairs(tmp_path):
     out = tmp_path / "chains.jsonl"
     out.write_text("".join(json.dumps(c) + "\n" for c in chains))
     written = export_chains(out, ["sft", "pairs"])
-    assert written["pairs"] == {"path": str(tmp_path / "chains.pairs.jsonl"), "records": 1, "skipped": 2}
+    assert written["pairs"] == {"path": str(tmp_path / "chains.pairs.jsonl"), "records": 1, "skipped": 2,
+                                "skipped_by_reason": {"empty response": 1, "final equals initial": 1}}
     assert len(read_rows(tmp_path / "chains.sft.jsonl")) == 2
     prefs = load_preferences(tmp_path / "chains.pairs.jsonl")  # what train-rm reads
     assert prefs.kind == "hard" and prefs.pairs[0].response_a == "good" and prefs.pairs[0].p == 1.0

@@ -83,6 +83,10 @@ def render_markdown(report: dict, plots: list[str] | None = None) -> str:
         f"{pct(best['always_longer']['value'])} and a coin lands between {pct(best['random']['low'])} and "
         f"{pct(best['random']['high'])}.", "",
     ]
+    lines += [f"Response A is each pair's `response_a`, the one shown first in the A-first order; `rlaif align "
+              f"--human` puts the human's choice there in half of the pairs (by a seeded hash of the id), and here the "
+              f"human chose A in {pct(report['share_human_a'])} of them. p_a is the labeller's probability that A is "
+              "better.", ""]
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["## Figures", ""] + _md_table(["", "rate [95% interval]", "note"], [list(r) for r in headline_rows(report)])
@@ -131,18 +135,41 @@ def make_plots(report: dict, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of a share `rate` observed on `n` pairs (the error bar of a calibration bin)."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _legend_below(fig: Any, ax: Any, columns: int) -> None:
+    """The legend under the axes and their label (constrained layout keeps it clear of both), where it covers
+    no point, bar or error bar."""
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
+
+
 def _plot_reliability(figure: Any, report: dict, path: Path) -> Path:
-    fig = figure(figsize=(5, 5))
+    fig = figure(figsize=(5.5, 6), layout="constrained")
     ax = fig.subplots()
     bins = report["calibration"]["bins"]
+    x = [b["mean_p_a"] for b in bins]
+    y = [b["human_a_rate"] for b in bins]
+    intervals = [wilson_interval(b["human_a_rate"], b["n"]) for b in bins]
+    errors = [[v - lo for v, (lo, _) in zip(y, intervals)], [hi - v for v, (_, hi) in zip(y, intervals)]]
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.plot([b["mean_p_a"] for b in bins], [b["human_a_rate"] for b in bins], marker="o", label="labeller")
+    ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label="labeller (95% interval of each bin)")
     for b in bins:
-        ax.annotate(str(b["n"]), (b["mean_p_a"], b["human_a_rate"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(f"n={b['n']}", (b["mean_p_a"], b["human_a_rate"]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=7)
     cal = report["calibration"]
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="labeller p_a (mean in bin)", ylabel="share where the human chose A",
-           title=f"Reliability: Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}")
-    ax.legend(loc="upper left")
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="labeller p_a: probability that response A is better (bin mean)",
+           ylabel="share of the bin's pairs where the human chose A")
+    ax.set_title(f"Reliability: Brier {cal['brier']:.3f}, ECE {cal['ece']:.3f}\n"
+                 f"A = the pair's first response (response_a): the human's choice in {pct(report['share_human_a'])}",
+                 fontsize=10)
+    _legend_below(fig, ax, 1)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
@@ -150,17 +177,19 @@ def _plot_reliability(figure: Any, report: dict, path: Path) -> Path:
 def _plot_principles(figure: Any, report: dict, path: Path) -> Path:
     entries = report["by_principle"]
     names = list(entries)
-    fig = figure(figsize=(7, 1 + 0.4 * len(names)))
+    fig = figure(figsize=(7.5, 1.6 + 0.4 * len(names)), layout="constrained")
     ax = fig.subplots()
     values = [entries[n]["value"] for n in names]
     errors = [[v - entries[n]["low"] for n, v in zip(names, values)], [entries[n]["high"] - v for n, v in zip(names, values)]]
-    ax.barh(names, values, xerr=errors, capsize=3, color="tab:blue", alpha=0.5)
+    labels = [f"{n} (n={entries[n]['n']})" for n in names]
+    ax.barh(labels, values, xerr=errors, capsize=3, color="tab:blue", alpha=0.5)
     ax.axvline(0.5, color="grey", linestyle="--", label="random")
     ax.axvline(report["alignment"]["value"], color="tab:green", label="all principles")
     ax.axvline(report["baselines"]["always_longer"]["value"], color="tab:orange", linestyle=":", label="always longer")
-    ax.set(xlim=(0, 1), xlabel="alignment with humans (95% interval)", title="Alignment per principle")
+    ax.set(xlim=(0, 1), xlabel="alignment with humans (95% interval; n = pairs judged under the principle)",
+           title="Alignment per principle")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=7)
+    _legend_below(fig, ax, 3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
