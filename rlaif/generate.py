@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from rlaif import __version__
 from rlaif.backends import Backend, GenerationSettings, parse_option_items
 from rlaif.backends.cached import open_backend
 from rlaif.cache import ResultCache
 from rlaif.errors import RlaifError
-from rlaif.io import read_jsonl, with_ids
-from rlaif.runs import Run, run_chunks
-from rlaif.text import check_decoding, render_prompt, resolve_prompt_format, trim_response
+from rlaif.io import is_skip_row, read_jsonl, stage_records
+from rlaif.limits import LengthLimit, check_length_options
+from rlaif.runs import run_chunks
+from rlaif.shards import open_run
+from rlaif.text import check_decoding, render_prompt, resolve_prompt_format, response_stops, trim_response
 
 SEED_STRIDE = 1000003
 
@@ -50,8 +50,11 @@ class GenerateConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "Directory of the raw-result cache (default $RLAIF_CACHE_DIR or ~/.cache/rlaif)."})
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
     backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The back end's own options (KEY=VALUE), e.g. dtype=bfloat16, batch_tokens=4096 (transformers), concurrency=16 (server)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "Longest prompt, in tokens (default: the model's context less --max-new-tokens); a longer prompt is skipped or refused (--on-too-long)."})
+    on_too_long: str = field(default="skip", metadata={"help": "A prompt that does not fit the model: `skip` it (its row says why) or `error` (stop before any work)."})
 
     def __post_init__(self) -> None:
+        check_length_options(self.max_prompt_tokens, self.on_too_long)
         if self.n < 2:
             raise RlaifError(f"--n {self.n} gives no pairs: sample at least 2 responses a prompt (--n 2).")
         if self.pairs not in ("adjacent", "all"):
@@ -68,10 +71,10 @@ class GenerateConfig:
         self.backend_options = parse_option_items(self.backend_options)
 
 
-def sample_settings(config: GenerateConfig, index: int) -> GenerationSettings:
-    """Decoding settings of sample `index`: its own seed, so it does not depend on n."""
+def sample_settings(config: GenerateConfig, index: int, stop: tuple[str, ...] = ()) -> GenerationSettings:
+    """Decoding settings of sample `index`: its own seed, so it does not depend on n; `stop` ends a response."""
     return GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, seed=config.seed * SEED_STRIDE + index)
+                              top_p=config.top_p, seed=config.seed * SEED_STRIDE + index, stop=stop)
 
 
 # -- pairs ----------------------------------------------------------------------------------------------------------
@@ -111,16 +114,22 @@ class PairGenerator:
         self.config = config
         self.backend = open_backend(config.model, config.backend_options, config.cache_dir, config.no_cache, backend)
         self.prompt_format = resolve_prompt_format(self.backend.tokenizer, config.prompt_format)
+        self.stops = response_stops(self.backend.tokenizer)  # a new speaker turn or the end-of-turn token
 
     def meta(self) -> dict[str, Any]:
-        return {"model": self.backend.model_id, "prompt_format": self.prompt_format, "rlaif_version": __version__}
+        return {"model": self.backend.model_id, "prompt_format": self.prompt_format, "stops": list(self.stops),
+                "rlaif_version": __version__}
 
     def samples(self, prompts: list[dict[str, str]]) -> list[list[str]]:
-        """n trimmed responses for each prompt, one batched call per sample index."""
+        """n trimmed responses for each prompt, from ONE back-end call for the whole chunk (prompts x samples):
+        the transformers back end decodes them in shared batches, a server back end puts them in flight together."""
         rendered = [render_prompt(self.backend.tokenizer, p["prompt"], self.prompt_format) for p in prompts]
-        by_index = [self.backend.generate(rendered, [sample_settings(self.config, i)] * len(rendered))
-                    for i in range(self.config.n)]
-        return [[trim_response(by_index[i][k]) for i in range(self.config.n)] for k in range(len(prompts))]
+        per_index = [sample_settings(self.config, i, self.stops) for i in range(self.config.n)]
+        texts = self.backend.generate([text for text in rendered for _ in per_index], per_index * len(rendered))
+        plain = self.prompt_format == "plain"  # a base model continuing a transcript invents named speakers
+        n = self.config.n
+        return [[trim_response(text, self.stops, named_turns=plain) for text in texts[k * n:(k + 1) * n]]
+                for k in range(len(prompts))]
 
     def pairs(self, prompts: list[dict[str, str]]) -> tuple[list[dict[str, Any]], Counter]:
         rows: list[dict[str, Any]] = []
@@ -141,20 +150,26 @@ def generate_pairs(prompts: Iterable[dict[str, str]], config: GenerateConfig, ou
     """Sample, pair and append pairs for `prompts` (dicts with prompt, id optional) to `out`, resuming by prompt id.
 
     Returns the summary also written to `<out>.meta.json`: pairs written, drops by reason, samples drawn
-    from the model vs the cache. Counts cover the prompts done in this run.
+    from the model vs the cache. Counts cover the prompts done in this run. `prompts` may be a
+    `rlaif.io.RecordStream` (any size, read in batches); under `accelerate launch` / `torchrun`
+    each process samples its share of the prompts and rank 0 merges them (rlaif.shards).
     """
-    prompts = with_ids(prompts, ("prompt",))
-    if not prompts:
+    prompts = stage_records(prompts, ("prompt",))
+    if isinstance(prompts, list) and not prompts:
         raise RlaifError("No prompts given: pass a file with at least one {\"prompt\": ...} record.")
     mode = "overwrite" if overwrite else ("resume" if resume else "new")
-    with Run(out, config, mode, inputs=inputs, key="prompt_id", group_key="prompt_id", stage="generate") as run:
-        todo = list(run.todo({**p, "prompt_id": p["id"]} for p in prompts))
-        if not todo and run.old_meta.get("status") == "done":
+    with open_run(out, config, mode, inputs=inputs, key="prompt_id", group_key="prompt_id", stage="generate") as run:
+        todo = run.scan(prompts)
+        if run.idle and run.old_meta.get("status") == "done":
             return {**run.old_meta, "prompts_this_run": 0, "pairs_this_run": 0, "dropped_identical": 0,
                     "dropped_duplicate": 0, "dropped_empty": 0, "samples_from_cache": 0, "samples_generated": 0,
                     "seconds_this_run": 0.0}
         generator = PairGenerator(config, backend)
-        run.start(generator.backend.model_id, **generator.meta())
+        limit = LengthLimit.for_backend(generator.backend, config.max_prompt_tokens, config.on_too_long,
+                                        config.max_new_tokens)
+        too_long = limit.scan(run.todo(prompts), "id", ("prompt",), lambda p: [
+            render_prompt(generator.backend.tokenizer, p["prompt"], generator.prompt_format)], what="prompt")
+        run.start(generator.backend.model_id, **generator.meta(), prompt_token_limit=limit.limit, prompts=run.total)
         written, dropped = 0, Counter()
 
         def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -163,14 +178,14 @@ def generate_pairs(prompts: Iterable[dict[str, str]], config: GenerateConfig, ou
             written, dropped = written + len(rows), dropped + why
             return rows
 
-        with tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="generate",
-                  disable=not progress) as bar:
-            run_chunks(run, todo, work, config.chunk_prompts, bar)
+        with run.progress_bar("prompt", "generate", disable=not progress) as bar:
+            run_chunks(run, ({**p, "prompt_id": p["id"]} for p in run.todo(prompts)), work, config.chunk_prompts,
+                       bar, skip=too_long)
         cache = generator.backend.cache
         return run.finish(
-            prompts=len(prompts), prompts_this_run=len(todo), pairs_this_run=written,
-            pairs_in_file=sum(1 for _ in read_jsonl(out)),
+            lambda path: {"pairs_in_file": sum(not is_skip_row(row) for row in read_jsonl(path))},
+            prompts_this_run=todo - len(too_long), skipped_this_run=len(too_long), pairs_this_run=written,
             dropped_identical=dropped["identical"], dropped_duplicate=dropped["duplicate"],
             dropped_empty=dropped["empty"], samples_from_cache=cache.hits,
-            samples_generated=cache.misses if isinstance(cache, ResultCache) else len(todo) * config.n,
+            samples_generated=cache.misses if isinstance(cache, ResultCache) else (todo - len(too_long)) * config.n,
         )

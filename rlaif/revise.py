@@ -9,8 +9,12 @@ again with every earlier answer and check in its context.
 
 Each prompt yields one chain record: the initial response, every round and the
 final text. `export_chains` turns chains into SFT records (prompt -> final) or
-preference pairs (final preferred over initial). With a judge, each round is
-labelled by the feedback model (see revise_judge.py).
+preference pairs (final preferred over initial; with a judge, only the chains
+whose final the judge preferred). With a judge, each round is labelled by the
+feedback model (see revise_judge.py).
+Few-shot examples are the CAI paper's own texts, and a small model copies them:
+a critique or revision that repeats an example's words (rlaif.few_shot) is cut
+where the copy starts; exports (rlaif.revise_export) never hold such text.
 """
 
 from __future__ import annotations
@@ -22,20 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from tqdm import tqdm
-
 from rlaif import __version__
 from rlaif.backends import Backend, GenerationSettings, parse_option_items
 from rlaif.backends.cached import open_backend
 from rlaif.constitution import Constitution, Critique, load_constitution, pair_rng
 from rlaif.errors import RlaifError
-from rlaif.io import RecordWriter, read_jsonl, with_ids, write_json
+from rlaif.few_shot import all_few_shot, cut_few_shot_copy, few_shot_ngrams, load_few_shot, word_ngrams  # noqa: F401
+from rlaif.io import is_skip_row, read_jsonl, stage_records
+from rlaif.limits import LengthLimit, check_length_options
 from rlaif.label import LabelConfig
+from rlaif.revise_export import EXPORTS, export_chains, export_path, preference_records, sft_records  # noqa: F401
 from rlaif.revise_judge import ChainJudge, judge_stats
-from rlaif.runs import Run, meta_path, run_chunks
+from rlaif.runs import run_chunks
+from rlaif.shards import open_run
 from rlaif.text import (
     check_decoding,
+    end_of_turn_marks,
     format_conversation,
     render_prompt,
     render_request,
@@ -43,12 +49,8 @@ from rlaif.text import (
     trim_response,
 )
 from rlaif.templates import Template, load_template
-from rlaif.resources import data_dir
 
 MODES = ("critique-revision", "check-as-context")
-EXPORTS = ("sft", "pairs")
-FEW_SHOT_FILE = "cai_critique_fewshot.yaml"
-FEW_SHOT_KEYS = ("conversation", "critique_request", "critique", "revision_request", "revision")
 CHAIN_STOPS = ("\nHuman:", "\n\nHuman", "\n\nAssistant:", "CritiqueRequest:", "RevisionRequest:", "CheckRequest:",
                "\n\nCritique:", "\n\nRevision:", "\n\nCheck:")
 _VERDICT = re.compile(r"\A\W*(good|bad)\b", re.I)
@@ -81,8 +83,11 @@ class ReviseConfig:
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the raw-result cache."})
     backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The policy back end's own options (KEY=VALUE), e.g. dtype=bfloat16 (transformers), concurrency=16 (server)."})
     judge_backend_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The judge back end's own options (KEY=VALUE)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "Longest prompt, in tokens (default: what the model takes, less the texts a chain adds); a longer one is skipped or refused (--on-too-long)."})
+    on_too_long: str = field(default="skip", metadata={"help": "A prompt whose chain would not fit the model: `skip` it (its row says why) or `error` (stop before any work)."})
 
     def __post_init__(self) -> None:
+        check_length_options(self.max_prompt_tokens, self.on_too_long)
         if self.mode not in MODES:
             raise RlaifError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}.")
         if self.rounds < 1:
@@ -104,18 +109,6 @@ class ReviseConfig:
 def load_generation_template(name_or_path: str | Path) -> Template:
     """A generation template (no rlaif header): built-in by name, or a user's .j2 file rendered sandboxed."""
     return load_template(name_or_path, answers=False)
-
-
-def load_few_shot(count: int) -> list[dict[str, str]]:
-    """The first `count` of the CAI paper's few-shot critique/revision examples,
-    from templates/cai_critique_fewshot.yaml."""
-    if count == 0:
-        return []
-    data = yaml.safe_load((data_dir("templates") / FEW_SHOT_FILE).read_text(encoding="utf-8"))
-    examples = data["examples"]
-    if count > len(examples):
-        raise RlaifError(f"--few-shot {count}: there are only {len(examples)} few-shot examples; use at most that.")
-    return [{key: str(ex[key]).strip() for key in FEW_SHOT_KEYS} for ex in examples[:count]]
 
 
 def choose_critique(constitution: Constitution, seed: int, prompt_id: str, round_: int) -> Critique:
@@ -143,11 +136,13 @@ class Reviser:
             "critique": config.critique_template, "revision": config.revision_template}
         self.templates = {role: load_generation_template(name) for role, name in names.items()}
         self.few_shot = load_few_shot(config.few_shot)
+        self.copy_grams = few_shot_ngrams(all_few_shot()) if self.few_shot else frozenset()
         self._check_templates()
         self.backend = open_backend(config.model, config.backend_options, config.cache_dir, config.no_cache, backend)
         self.prompt_format = resolve_prompt_format(self.backend.tokenizer, config.prompt_format)
         self.settings = GenerationSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           top_p=config.top_p, seed=config.seed, stop=CHAIN_STOPS)
+                                           top_p=config.top_p, seed=config.seed,
+                                           stop=CHAIN_STOPS + end_of_turn_marks(self.backend.tokenizer))
 
     def _check_templates(self) -> None:
         """Render once with dummy values, so a template with an unknown variable fails before the model loads."""
@@ -166,6 +161,29 @@ class Reviser:
             "few_shot": len(self.few_shot), "rlaif_version": __version__,
         }
 
+    def prompts_for(self, prompt: dict[str, str]) -> list[str]:
+        """A prompt's first prompt and the skeleton of its longest later one (the round's own texts left empty:
+        `reserve_tokens` counts them at --max-new-tokens each), as the policy reads them."""
+        conversation = format_conversation(prompt["prompt"])
+        longest = max(self.constitution.critiques, key=lambda c: len(c.critique) + len(c.revision))
+        if self.config.mode == "critique-revision":
+            last = self.templates["revision"].render(
+                few_shot=self.few_shot, conversation=conversation, response="", critique="",
+                critique_request=longest.critique, revision_request=longest.revision)
+        else:
+            history = [{"answer": "", "check_request": longest.critique, "check": "Verdict: "}] * self.config.rounds
+            last = self.templates["check"].render(stage="answer", conversation=conversation, history=history,
+                                                  answer="", check_request="")
+        tokenizer = self.backend.tokenizer
+        return [render_prompt(tokenizer, prompt["prompt"], self.prompt_format),
+                render_request(tokenizer, last, self.prompt_format)]
+
+    def reserve_tokens(self) -> int:
+        """New tokens the longest prompt holds and is followed by: response, critique and revision; with
+        check-as-context an answer and a check a round, then the last answer."""
+        texts = 3 if self.config.mode == "critique-revision" else 2 * self.config.rounds + 1
+        return texts * self.config.max_new_tokens
+
     def _generate(self, texts: list[str]) -> list[str]:
         prompts = [render_request(self.backend.tokenizer, text, self.prompt_format) for text in texts]
         return [trim_response(t, CHAIN_STOPS) for t in self.backend.generate(prompts, [self.settings] * len(prompts))]
@@ -183,16 +201,26 @@ class Reviser:
         return [{"id": s["id"], "prompt": s["prompt"], "mode": self.config.mode, "initial": s["initial"],
                  "rounds": s["rounds"], "final": s["current"]} for s in states]
 
+    def _without_copies(self, texts: list[str], states: list[dict]) -> tuple[list[str], list[bool]]:
+        """Each text cut where it starts copying a few-shot example (see `cut_few_shot_copy`), and which were."""
+        cuts = [cut_few_shot_copy(t, self.copy_grams, word_ngrams(s["conversation"] + "\n" + s["initial"]))
+                for t, s in zip(texts, states)]
+        return [text for text, _ in cuts], [copied for _, copied in cuts]
+
     def _critique_round(self, states: list[dict], round_: int, chosen: list[Critique]) -> None:
         base = [{"few_shot": self.few_shot, "conversation": s["conversation"], "response": s["current"],
                  "critique_request": c.critique} for s, c in zip(states, chosen)]
-        critiques = self._generate([self.templates["critique"].render(**b) for b in base])
-        revisions = self._generate([self.templates["revision"].render(**b, critique=k, revision_request=c.revision)
-                                    for b, k, c in zip(base, critiques, chosen)])
-        for state, critique, text, principle in zip(states, critiques, revisions, chosen):
+        critiques, copied_critique = self._without_copies(
+            self._generate([self.templates["critique"].render(**b) for b in base]), states)
+        revisions, copied_revision = self._without_copies(
+            self._generate([self.templates["revision"].render(**b, critique=k, revision_request=c.revision)
+                            for b, k, c in zip(base, critiques, chosen)]), states)
+        for state, critique, text, principle, *copied in zip(states, critiques, revisions, chosen, copied_critique,
+                                                             copied_revision):
             new = text or state["current"]  # an empty revision keeps the text it was meant to revise
             state["rounds"].append({"round": round_, "principle": principle.id, "critique": critique,
-                                    "revision": new, "revision_empty": not text})
+                                    "revision": new, "revision_empty": not text,
+                                    **({"few_shot_copy_cut": True} if any(copied) else {})})
             state["current"] = new
 
     def _check_round(self, states: list[dict], round_: int, chosen: list[Critique]) -> None:
@@ -208,7 +236,8 @@ class Reviser:
         for state, check, text, principle in zip(states, checks, answers, chosen):
             new = text or state["current"]
             state["rounds"].append({"round": round_, "principle": principle.id, "check": f"Verdict: {check}",
-                                    "verdict": parse_verdict(check), "revision": new, "revision_empty": not text})
+                                    "check_empty": not check.strip(), "verdict": parse_verdict(check),
+                                    "revision": new, "revision_empty": not text})
             state["current"] = new
 
 
@@ -224,21 +253,26 @@ def revise_prompts(prompts: Iterable[dict[str, str]], config: ReviseConfig, out:
                    backend: Backend | None = None, judge_backend: Backend | None = None,
                    progress: bool = True, resume: bool = True, inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Build a chain for each prompt (prompt, id optional), appending to `out` and resuming by prompt id;
-    returns the meta summary."""
-    prompts = with_ids(prompts, ("prompt",))
-    if not prompts:
+    returns the meta summary. `prompts` may be a `rlaif.io.RecordStream` (any size, read in batches);
+    under `accelerate launch` / `torchrun` each process revises its share and rank 0 merges them."""
+    prompts = stage_records(prompts, ("prompt",))
+    if isinstance(prompts, list) and not prompts:
         raise RlaifError("No prompts given: pass a file with at least one {\"prompt\": ...} record.")
     mode = "overwrite" if overwrite else ("resume" if resume else "new")
-    with Run(out, config, mode, inputs=inputs, stage="revise") as run:
-        todo = list(run.todo(prompts))
-        if not todo and run.old_meta.get("status") == "done":
+    with open_run(out, config, mode, inputs=inputs, stage="revise") as run:
+        todo = run.scan(prompts)
+        if run.idle and run.old_meta.get("status") == "done":
             return {**run.old_meta, "prompts_this_run": 0, "seconds_this_run": 0.0}
         reviser = Reviser(config, backend)
         if config.judge and judge_backend is None and config.judge == config.model \
                 and config.judge_backend_options == config.backend_options:
             judge_backend = reviser.backend
         judge = ChainJudge(judge_label_config(config), judge_backend) if config.judge else None
-        run.start(reviser.backend.model_id, **reviser.meta(), **({"judge": judge.meta()} if judge else {}))
+        limit = LengthLimit.for_backend(reviser.backend, config.max_prompt_tokens, config.on_too_long,
+                                        reviser.reserve_tokens())
+        too_long = limit.scan(run.todo(prompts), "id", ("prompt",), reviser.prompts_for, what="prompt")
+        run.start(reviser.backend.model_id, **reviser.meta(), **({"judge": judge.meta()} if judge else {}),
+                  prompt_token_limit=limit.limit, prompts=run.total)
 
         def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
             chains = reviser.revise(chunk)
@@ -246,65 +280,41 @@ def revise_prompts(prompts: Iterable[dict[str, str]], config: ReviseConfig, out:
                 judge.judge(chains)
             return chains
 
-        with tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="revise",
-                  disable=not progress) as bar:
-            run_chunks(run, todo, work, config.chunk_prompts, bar)
-        chains = list(read_jsonl(out))
-        summary = {"prompts": len(prompts), "prompts_this_run": len(todo), "chains_in_file": len(chains),
-                   **chain_counts(chains)}
-        if judge:
-            summary["judge_stats"] = judge_stats(chains)
-        return run.finish(**summary)
+        with run.progress_bar("prompt", "revise", disable=not progress) as bar:
+            run_chunks(run, run.todo(prompts), work, config.chunk_prompts, bar, skip=too_long)
+        return run.finish(lambda path: chain_file_facts(path, judged=judge is not None),
+                          prompts_this_run=todo - len(too_long), skipped_this_run=len(too_long))
 
 
-def chain_counts(chains: list[dict[str, Any]]) -> dict[str, Any]:
-    """Empty revisions (kept the previous text), unchanged finals, and check verdicts."""
-    rounds = [r for chain in chains for r in chain["rounds"]]
-    verdicts = Counter(r["verdict"] for r in rounds if "verdict" in r)
-    counts = {"rounds": len(rounds), "empty_revisions": sum(r["revision_empty"] for r in rounds),
-              "final_same_as_initial": sum(c["final"].strip() == c["initial"].strip() for c in chains)}
-    if verdicts:
-        counts["verdicts"] = dict(sorted(verdicts.items()))
+def chain_file_facts(path: Path, judged: bool) -> dict[str, Any]:
+    """The counts of a finished chains file, read as a stream (the judge's stats keep only its numbers)."""
+    counts = chain_counts(row for row in read_jsonl(path) if not is_skip_row(row))
+    if judged:
+        counts["judge_stats"] = judge_stats([{"p_final_better": c["p_final_better"],
+                                              "rounds": [{"p_better": r["p_better"]} for r in c["rounds"]]}
+                                             for c in read_jsonl(path) if "p_final_better" in c])
     return counts
 
 
-# -- exports --------------------------------------------------------------------------------------------------------
-
-
-def export_path(out: str | Path, kind: str) -> Path:
-    """chains.jsonl -> chains.sft.jsonl / chains.pairs.jsonl."""
-    out = Path(out)
-    return out.with_name(f"{out.stem if out.suffix else out.name}.{kind}.jsonl")
-
-
-def sft_records(chains: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """TRL prompt-completion records: the prompt and the chain's final revision (empty finals left out)."""
-    return [{"id": c["id"], "prompt": c["prompt"], "completion": c["final"]} for c in chains if c["final"].strip()]
-
-
-def preference_records(chains: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """TRL preference records: the final revision `chosen` over the initial response `rejected`.
-
-    Chains whose final equals the initial response, or with an empty side, make no pair.
-    """
-    return [{"id": c["id"], "prompt": c["prompt"], "chosen": c["final"], "rejected": c["initial"]}
-            for c in chains
-            if c["final"].strip() and c["initial"].strip() and c["final"].strip() != c["initial"].strip()]
-
-
-def export_chains(out: str | Path, kinds: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Write each export of the chains in `out` (sft, pairs) beside it; returns {kind: {path, records}}."""
-    unknown = sorted(set(kinds) - set(EXPORTS))
-    if unknown:
-        raise RlaifError(f"Unknown export(s) {', '.join(unknown)}: use {' or '.join(EXPORTS)}.")
-    chains = list(read_jsonl(out))
-    written: dict[str, dict[str, Any]] = {}
-    for kind in dict.fromkeys(kinds):
-        rows = sft_records(chains) if kind == "sft" else preference_records(chains)
-        path = export_path(out, kind)
-        with RecordWriter(path, overwrite=True) as writer:
-            writer.write_all(rows)
-        info = {"path": str(path), "records": len(rows), "skipped": len(chains) - len(rows)}
-        write_json(meta_path(path), {"export": kind, "source": str(out), **info, "rlaif_version": __version__})
-        written[kind] = info
-    return written
+def chain_counts(chains: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Chains in the file, empty revisions (kept the previous text), unchanged finals, few-shot copies cut,
+    check verdicts and empty checks (nothing after "Verdict:"); one pass over `chains`."""
+    tally: Counter = Counter()
+    verdicts: Counter = Counter()
+    for chain in chains:
+        tally["chains_in_file"] += 1
+        tally["final_same_as_initial"] += chain["final"].strip() == chain["initial"].strip()
+        for r in chain["rounds"]:
+            tally["rounds"] += 1
+            tally["empty_revisions"] += bool(r["revision_empty"])
+            tally["few_shot_copies_cut"] += bool(r.get("few_shot_copy_cut"))
+            if "verdict" in r:
+                verdicts[r["verdict"]] += 1
+                tally["empty_checks"] += bool(r.get("check_empty",
+                                                    not r.get("check", "").removeprefix("Verdict:").strip()))
+    counts = {key: tally[key] for key in ("chains_in_file", "rounds", "empty_revisions", "final_same_as_initial",
+                                          "few_shot_copies_cut")}
+    if verdicts:
+        counts["verdicts"] = dict(sorted(verdicts.items()))
+        counts["empty_checks"] = tally["empty_checks"]
+    return counts

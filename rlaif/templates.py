@@ -11,8 +11,9 @@ Header (a jinja comment at the top of the file)::
 A bare name (`cai-choice`) resolves only to a built-in template; anything
 else is a path to a user's file. Every template, built-in or not, renders in
 jinja2's sandbox with StrictUndefined (a missing variable fails at once), with
-caps on ranges, repeated strings and the rendered length, so a template can
-neither run code nor exhaust memory: each is a one-line error.
+caps on the size of every value it builds, on its loops and time, and on the
+rendered length (rlaif/sandbox.py), so a template can neither run code nor
+exhaust memory: each is a one-line error.
 """
 
 from __future__ import annotations
@@ -27,36 +28,13 @@ from typing import Any
 import jinja2
 import yaml
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from rlaif.errors import RlaifError
 from rlaif.resources import data_dir
+from rlaif.sandbox import Sandbox, budget
 
 BUILTIN_NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
 MAX_RENDERED_CHARS = 4_000_000  # far above any prompt; a runaway loop stops here
-MAX_SEQUENCE = 1_000_000  # longest string or list a template may build with * or **
-
-
-class _Sandbox(SandboxedEnvironment):
-    """jinja2's sandbox, also refusing huge `*` / `**` results (its range() is capped already)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise SecurityError(f"the power {right} is too large for a template")
-        if operator == "*" and _sized(left, right) > MAX_SEQUENCE:
-            raise SecurityError("the repeated string or list would be too long for a template")
-        return super().call_binop(context, operator, left, right)
-
-
-def _sized(left: Any, right: Any) -> int:
-    for seq, times in ((left, right), (right, left)):
-        if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-            return len(seq) * times
-    return 0
-
-
 HEADER = re.compile(r"\A\{#-?\s*rlaif:\s*\n(.*?)-?#\}", re.S)
 HEADER_KEYS = {"options", "spellings", "answer_stub"}
 
@@ -73,15 +51,9 @@ class Template:
 
     def render(self, **variables: Any) -> str:
         try:
-            parts, size = [], 0
-            for part in self._template.generate(**variables):
-                size += len(part)
-                if size > MAX_RENDERED_CHARS:
-                    raise RlaifError(f"Template {self.name!r} renders more than {MAX_RENDERED_CHARS:,} characters; "
-                                     "it loops too long: fix the template.")
-                parts.append(part)
-            return "".join(parts)
-        except (SecurityError, OverflowError, MemoryError) as err:
+            with budget():
+                return self._render(variables)
+        except (SecurityError, OverflowError, MemoryError, RecursionError) as err:
             raise RlaifError(f"Template {self.name!r} was stopped by the sandbox ({err}); templates may only "
                              "format their variables: fix the template.") from err
         except jinja2.UndefinedError as err:
@@ -90,6 +62,21 @@ class Template:
                              f"it can use: {given}.") from err
         except jinja2.TemplateError as err:
             raise RlaifError(f"Template {self.name!r} failed to render: {err}.") from err
+        except RlaifError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as err:  # 1/0, a bad argument
+            raise RlaifError(f"Template {self.name!r} failed to render ({type(err).__name__}: {err}); "
+                             "fix the template.") from err
+
+    def _render(self, variables: dict[str, Any]) -> str:
+        parts, size = [], 0
+        for part in self._template.generate(**variables):
+            size += len(part)
+            if size > MAX_RENDERED_CHARS:
+                raise RlaifError(f"Template {self.name!r} renders more than {MAX_RENDERED_CHARS:,} characters; "
+                                 "it loops too long: fix the template.")
+            parts.append(part)
+        return "".join(parts)
 
     def option_spellings(self) -> dict[str, list[str]]:
         """Option -> the strings that spell it after the prompt."""
@@ -130,7 +117,7 @@ def load_template(name_or_path: str | Path, answers: bool = True) -> Template:
     except UnicodeDecodeError as err:
         raise RlaifError(f"Template file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from err
     header = _parse_header(source, path) if answers else {"options": []}
-    env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    env = Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
     try:
         compiled = env.from_string(source)
     except jinja2.TemplateSyntaxError as err:

@@ -19,18 +19,22 @@ vocabulary projection is paid for a handful of positions, not the prompt.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
 from rlaif.backends import GenerationSettings, TokenRequest, settings_list
 from rlaif.backends.hf.default import default_model_dir, default_model_id, is_default
+from rlaif.backends.hf.generation import DecodeStats, cut_at_stop, generate_texts, stop_token_ids  # noqa: F401
 from rlaif.backends.hf.prefix_tree import Node, length_batches, prefix_tree
 from rlaif.errors import RlaifError
 
@@ -58,6 +62,21 @@ def resolve_model(model: str) -> tuple[str, str]:
     if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
         raise RlaifError(f"Model directory {model} does not exist: check the path, or pass `default` or a Hugging Face id.")
     return model, model
+
+
+def hub_offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be asked (HF_HUB_OFFLINE set, or no connection to it within `timeout`
+    seconds), or None when it can. Checked once before loading a hub id, so that an offline machine fails at
+    once instead of after a minute of download retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({err.strerror or err})"
+    return None
 
 
 class _NoPrefixSharing(Exception):
@@ -90,6 +109,9 @@ class HFBackend:
         self.min_prefix = min_prefix  # a shared span is computed once when that saves at least this many tokens
         self.device = next(model.parameters()).device
         self.stats = ForwardStats()
+        # transformers >= 5.2x names the key/value cache `cache` (`past_key_values` warns, then goes away)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.decode_stats = DecodeStats()  # what generate cost (rlaif.backends.hf.generation)
         self._row_keep: bool | None = None  # does the model take per-row `logits_to_keep`? (probed once)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -101,14 +123,18 @@ class HFBackend:
 
         set_threads(threads)
         path, model_id = resolve_model(model)
+        offline = hub_offline_reason() if model_id == model else None  # a hub id: can the hub be asked at all?
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=bool(offline))
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=bool(offline))
         except (OSError, ValueError) as err:
+            if offline:
+                raise RlaifError(f"Model {model!r} is not in the local Hugging Face cache and {offline}: download it "
+                                 "once where the hub is reachable, or pass `default` or a local model directory.") from err
             first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
             raise RlaifError(f"Cannot load model {model!r}: {first}. Pass `default`, a local model directory "
                              "or a Hugging Face id you can reach.") from err
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         commit = getattr(lm.config, "_commit_hash", None)
         if model_id == model and commit:  # a hub id: pin the snapshot, so an upstream update misses the cache
             model_id = f"{model}@{commit[:12]}"
@@ -189,7 +215,7 @@ class HFBackend:
         keep, where = _keep_positions(wanted, width, self._row_keep)
         cache = _past_cache(nodes, past) if past else DynamicCache()
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                            position_ids=positions.to(self.device), **{self._cache_kwarg: cache}, use_cache=True,
                             logits_to_keep=keep.to(self.device)).logits
         if any(type(layer) is not DynamicLayer or layer.keys.shape[-2] != past + width for layer in cache.layers):
             raise _NoPrefixSharing("its cache does not keep every token's keys and values")
@@ -218,75 +244,16 @@ class HFBackend:
         self.stats.padded_tokens += padded
         self.stats.logit_rows += logit_rows
 
+    @torch.inference_mode()
     def generate(self, prompts: list[str], settings: GenerationSettings | Sequence[GenerationSettings]) -> list[str]:
-        """Continuations of `prompts`, one settings each; prompts sharing decoding settings run in batches.
+        """Continuations of `prompts`, one settings each, decoded in batches of up to `batch_tokens`
+        (rows x (longest prompt + longest max_new_tokens)); a row leaves its batch as soon as it ends.
 
-        The text of a row never depends on what it was batched with: see `_generate_group`.
-        A continuation is cut before the first of its settings' `stop` strings.
+        The text of a row never depends on what it was batched with, and is cut before the first of its
+        settings' `stop` strings: see rlaif.backends.hf.generation.
         """
         per = settings_list(settings, len(prompts))
-        texts: list[str] = [""] * len(prompts)
-        groups: dict[tuple, list[int]] = {}
-        for i, s in enumerate(per):
-            groups.setdefault((s.max_new_tokens, s.temperature, s.top_p), []).append(i)
-        for rows in groups.values():
-            for i, text in zip(rows, self._generate_group([prompts[i] for i in rows], [per[i] for i in rows])):
-                texts[i] = cut_at_stop(text, per[i].stop)
-        return texts
-
-    @torch.inference_mode()
-    def _generate_group(self, prompts: list[str], per: list[GenerationSettings]) -> list[str]:
-        """Rows with the same length and sampling settings, in batches.
-
-        Greedy decoding (temperature 0) is plain batched argmax. Sampling seeds each row from
-        (its seed, its prompt) and draws with the Gumbel-max trick from the temperature- and
-        top-p-shaped distribution, so a prompt's text never depends on what it was batched with.
-        A prompt that already starts with the BOS token (a chat template wrote it) gets no second one.
-        """
-        from transformers import (  # noqa: PLC0415
-            LogitsProcessorList,
-            TemperatureLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        settings = per[0]
-        self.tokenizer.padding_side = "left"
-        bos = self.tokenizer.bos_token
-        sample = settings.temperature > 0
-        warpers = [TemperatureLogitsWarper(settings.temperature)] if sample else []
-        warpers += [TopPLogitsWarper(settings.top_p)] if sample and settings.top_p < 1.0 else []
-        texts: list[str] = []
-        step = max(1, self.batch_tokens // 512)
-        for start in range(0, len(prompts), step):
-            chunk = prompts[start:start + step]
-            ids = [self.tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in chunk]
-            enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
-            processors = LogitsProcessorList()
-            if sample:
-                seeds = [int(hashlib.sha256(f"{s.seed}:{p}".encode()).hexdigest()[:15], 16)
-                         for p, s in zip(chunk, per[start:start + step])]
-                rows = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-
-                def gumbel_max(input_ids: torch.Tensor, scores: torch.Tensor, rows=rows) -> torch.Tensor:
-                    for warper in warpers:
-                        scores = warper(input_ids, scores)
-                    u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in rows])
-                    return scores - torch.log(-torch.log(u.clamp_min(1e-20)))
-
-                processors.append(gumbel_max)
-            out = self.model.generate(
-                **enc, max_new_tokens=settings.max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors,
-            )
-            new = out[:, enc["input_ids"].shape[1]:]
-            texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return texts
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop string."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
-    return text[:cut]
+        return generate_texts(self.model, self.tokenizer, list(prompts), per, self.batch_tokens, self.decode_stats)
 
 
 def _keep_positions(wanted: list[list[int]], width: int, per_row: bool) -> tuple[torch.Tensor, list[dict[int, int]]]:
@@ -351,17 +318,30 @@ def default_threads() -> int:
     return max(1, count)
 
 
+def default_device() -> str:
+    """`cuda:LOCAL_RANK` under a launcher (one GPU a process), `cuda` alone, else `cpu`."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    from rlaif.distributed import World  # noqa: PLC0415
+
+    world = World.from_env()
+    return f"cuda:{world.local_rank % torch.cuda.device_count()}" if world.size > 1 else "cuda"
+
+
 def set_threads(threads: int | None) -> None:
-    """Intra-op threads: `threads`, else `RLAIF_THREADS`, else `default_threads()`; one inter-op thread.
+    """Intra-op threads: `threads`, else `RLAIF_THREADS`, else `default_threads()` shared out among the
+    processes a launcher started on this machine (LOCAL_WORLD_SIZE); one inter-op thread.
 
     On a machine other processes share, fewer threads than cores can be much
     faster (spinning OpenMP threads wait for a descheduled sibling); set
     RLAIF_THREADS, or OMP_WAIT_POLICY=PASSIVE before Python starts.
     """
+    from rlaif.distributed import World  # noqa: PLC0415
+
     env = os.environ.get("RLAIF_THREADS", "").strip()
     if env and not env.isdigit():
         raise RlaifError(f"RLAIF_THREADS must be a whole number of threads, not {env!r}; unset it to use every core.")
-    wanted = threads or int(env or "0") or default_threads()
+    wanted = threads or int(env or "0") or max(1, default_threads() // World.from_env().local_size)
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     try:

@@ -18,7 +18,7 @@ class HFOptions:
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda:LOCAL_RANK when a GPU is there, else cpu)."})
     batch_tokens: int = field(default=8192, metadata={"help": "Token budget of one forward batch (rows x longest)."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default RLAIF_THREADS, else one a core)."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default RLAIF_THREADS, else one a core, shared out among a launcher's processes on the machine)."})
     share_prefix: bool = field(default=True, metadata={"help": "Compute spans shared by several prompts once (prefix tree)."})
 
     def __post_init__(self) -> None:
