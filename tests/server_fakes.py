@@ -14,6 +14,7 @@ import json
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,6 +57,8 @@ class FakeServer:
         self.route = route
         self.requests: list[tuple[str, str, Any]] = []
         self.authorizations: list[str | None] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.delay = 0.0  # seconds to wait before each normal answer
         self.fail: list[int] = []  # statuses to answer (in order) before answering normally
         self.lock = threading.Lock()
         fake = self
@@ -68,8 +71,10 @@ class FakeServer:
                 with fake.lock:
                     fake.requests.append((method, self.path, body))
                     fake.authorizations.append(self.headers.get("Authorization"))
+                    fake.arrivals.append(time.monotonic())
                     status = fake.fail.pop(0) if fake.fail else None
                 if status is None:
+                    time.sleep(fake.delay)
                     status, payload = fake.route(method, self.path, body)
                 else:
                     payload = {"error": {"message": f"injected {status}", "type": "Injected", "param": None,

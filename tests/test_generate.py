@@ -204,11 +204,19 @@ def test_chat_template_bos_is_not_doubled(tmp_path):
                                  num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     backend = load_backend(str(tmp_path))
-    seen = []
-    generate = backend.model.generate
-    backend.model.generate = lambda **kw: seen.append(kw["input_ids"][0].tolist()) or generate(**kw)
+    calls = []  # the ids of every forward pass (the first of a generate call holds the prompts, left-padded)
+    forward = backend.model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append([[t for t in row if t != 0] for row in ids.tolist()])
+        return forward(*args, **kwargs)
+
+    backend.model.forward = spy
     prompt = render_prompt(backend.tokenizer, "hello", resolve_prompt_format(backend.tokenizer, "auto"))
     assert prompt == "<bos>hello bye"
     backend.generate([prompt, "hello"], GenerationSettings(max_new_tokens=1))
+    assert sorted(calls[0]) == [[3, 4], [3, 4, 5]]  # one BOS each: the chat template's, or the tokenizer's
+    calls.clear()
     backend.generate(["hello"], GenerationSettings(max_new_tokens=1))
-    assert seen == [[3, 4, 5], [3, 4]]
+    assert calls[0] == [[3, 4]]

@@ -15,6 +15,8 @@ The HF conversion goes to $RLAIF_TEST_MODEL_CACHE when set (else about a minute 
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 from pathlib import Path
@@ -112,15 +114,19 @@ def test_drlaif_ten_is_read_exactly_through_its_tokens(server_backend, hf_backen
     served = ScoringEngine(server_backend).score(prompts, spellings)
     local = ScoringEngine(hf_backend).score(prompts, spellings)
     tok = server_backend.tokenizer
-    ten = spell(tok, spellings["10"][0])
-    assert len(ten) >= 2  # "10" is spelt with several tokens: read as a product along the trie
+    tens = [spell(tok, text) for text in spellings["10"]]
+    assert all(len(ten) >= 2 for ten in tens)  # "10" is spelt with several tokens: read as a product along the trie
     for prompt, s, h in zip(prompts, served, local):
         assert abs(s.logprobs["10"] - h.logprobs["10"]) <= TOL_LOGPROB
         assert abs(s.probs["10"] - h.probs["10"]) <= TOL_Q
         ids = tuple(tok.encode(prompt))
-        steps = [server_backend.token_logprobs([TokenRequest(ids + tuple(ten[:j]), ((len(ids) + j - 1, ten[j]),))])[0][0]
-                 for j in range(len(ten))]
-        assert s.logprobs["10"] == pytest.approx(sum(steps), abs=0.02)  # one path, token by token
+        paths = []  # each spelling of "10", token by token, one request per step
+        for ten in tens:
+            steps = [server_backend.token_logprobs([TokenRequest(ids + tuple(ten[:j]), ((len(ids) + j - 1, ten[j]),))])[0][0]
+                     for j in range(len(ten))]
+            paths.append(math.exp(sum(steps)))
+        # the option sums its spellings; llama.cpp's numbers move with batch shape and prompt-cache reuse, hence a tolerance
+        assert s.logprobs["10"] == pytest.approx(math.log(sum(paths)), abs=0.1)  # measured up to 0.055
 
 
 def test_generation_is_seeded_and_reproducible(llama_server, server_backend):

@@ -221,3 +221,30 @@ def test_exact_values_stay_exact_in_the_option_engine(fakes, tiny_tokenizer):
     pa, pb = math.exp(lp[tiny_tokenizer.convert_tokens_to_ids("A")]), math.exp(lp[tiny_tokenizer.convert_tokens_to_ids("B")])
     assert result.probs["A"] == pytest.approx(pa / (pa + pb), abs=1e-12)
     assert result.mass == pytest.approx(pa + pb, abs=1e-12)
+
+
+def test_reproducible_generation_goes_one_at_a_time_through_the_server_tokenizer(fakes, tiny_tokenizer):
+    fake = fakes()
+    backend = load(fake, "reproducible=true", tokenizer="server")
+    prompts = ["hello what is good", "bye what is bad", "yes no ok", "two plus four"]
+    fake.server.requests.clear()
+    fake.server.delay = 0.05
+    start = len(fake.server.arrivals)
+    texts = backend.generate(prompts, [GenerationSettings(max_new_tokens=3)] * len(prompts))
+    assert texts == [tiny_tokenizer.decode(fake.model.greedy(tiny_tokenizer.encode(p), 3)) for p in prompts]
+    bodies = fake.server.posts("/v1/completions")
+    assert [b["prompt"] for b in bodies] == [tiny_tokenizer.encode(p) for p in prompts]  # in order: a chain
+    arrived = [t for (method, path, _), t in zip(fake.server.requests, fake.server.arrivals[start:])
+               if path == "/v1/completions"]
+    assert all(b - a >= 0.045 for a, b in zip(arrived, arrived[1:]))  # each after the previous answer
+
+
+def test_generation_runs_side_by_side_by_default(fakes):
+    fake = fakes()
+    backend = load(fake)
+    fake.server.requests.clear()
+    fake.server.delay = 0.2
+    start = len(fake.server.arrivals)
+    backend.generate(["hello", "bye", "yes", "no"], [GenerationSettings(max_new_tokens=2)] * 4)
+    arrived = fake.server.arrivals[start:]
+    assert len(arrived) == 4 and max(arrived) - min(arrived) < 0.15  # all four in flight at once
