@@ -15,10 +15,12 @@ and both orders, two ways:
          another on a warm slot, several conversations in flight, exact log-probs
          for any option (the top k widened when needed).
 
-The server is restarted before each way, so neither finds the other's prompts
-cached. It prints labels/s of each and the ratio (goal >= 1.5x), max |q_rlaif -
-q_naive| over the prompts the naive client could score, and how many prompts it
-could not. A JSON line ends the output. Run it alone (flock /tmp/rlaif-heavy.lock):
+The server is restarted before each run of a way, so neither finds the other's
+prompts cached; with --repeats N the ways alternate (naive first, then rlaif
+first, ...) and the medians are compared, as a shared machine's speed drifts. It
+prints labels/s of each and the ratio (goal >= 1.5x), max |q_rlaif - q_naive|
+over the prompts the naive client could score, and how many prompts it could
+not. A JSON line ends the output. Run it alone (flock /tmp/rlaif-heavy.lock):
 
     PYTHONPATH=. python benchmarks/server_throughput.py --pairs 16 --k 4
     PYTHONPATH=. python benchmarks/server_throughput.py --url http://127.0.0.1:8080/v1   # a server you run
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -93,10 +96,12 @@ def prompts_of(labeller, pairs) -> list[tuple[int, str, bool, str]]:
     return out
 
 
-def naive_q(session: requests.Session, url: str, prompt: str, options: tuple[str, str], swapped: bool) -> float | None:
+def naive_q(session: requests.Session, url: str, prompt: str, options: tuple[str, str], swapped: bool,
+            computed: list[int]) -> float | None:
     """The slot-of-A probability from the top-20 by token string; None when an option is not in the top 20."""
     body = {"prompt": prompt, "max_tokens": 1, "logprobs": 20, "temperature": 0}
     answer = session.post(f"{url}/completions", json=body, timeout=600).json()
+    computed.append(int((answer.get("timings") or {}).get("prompt_n", 0)))
     top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     found = {t["token"]: t["logprob"] for t in top if t["token"] in options}
     if len(found) < len(options):
@@ -106,11 +111,11 @@ def naive_q(session: requests.Session, url: str, prompt: str, options: tuple[str
     return 1.0 - q_first if swapped else q_first
 
 
-def run_naive(url: str, jobs, options) -> tuple[float, list[float | None]]:
-    session = requests.Session()
+def run_naive(url: str, jobs, options) -> tuple[float, list[float | None], int]:
+    session, computed = requests.Session(), []
     started = time.perf_counter()
-    values = [naive_q(session, url, prompt, options, swapped) for _, _, swapped, prompt in jobs]
-    return time.perf_counter() - started, values
+    values = [naive_q(session, url, prompt, options, swapped, computed) for _, _, swapped, prompt in jobs]
+    return time.perf_counter() - started, values, sum(computed)
 
 
 def run_rlaif(labeller, pairs) -> tuple[float, list]:
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="use this running llama-server instead of starting one")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="rlaif's requests in flight (default: the back end's, llama-server's slot count)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way, alternating; medians compared")
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
@@ -150,17 +156,26 @@ def main() -> None:
         print(f"{len(pairs)} pairs x {args.k} principles x 2 orders = {len(jobs)} prompts, {tokens} prompt tokens; "
               f"server {server.url} ({backend.model_id}; {backend.scoring})", flush=True)
 
-        server.fresh()
-        naive_s, naive = run_naive(server.url, jobs, options)
-        print(f"naive: {naive_s:.1f}s, {len(pairs) / naive_s:.3f} labels/s", flush=True)
-        server.fresh()
-        labeller = Labeller(config)  # connects and probes the restarted server (not timed, as for naive)
-        backend = labeller.backend.backend
-        rlaif_s, labels = run_rlaif(labeller, pairs)
-        print(f"rlaif: {rlaif_s:.1f}s, {len(pairs) / rlaif_s:.3f} labels/s "
-              f"({backend.stats.prefixes} scoring prefixes)", flush=True)
+        times: dict[str, list[float]] = {"naive": [], "rlaif": []}
+        tokens_computed: dict[str, int] = {}
+        for repeat in range(args.repeats):
+            for way in ("naive", "rlaif") if repeat % 2 == 0 else ("rlaif", "naive"):
+                server.fresh()
+                if way == "naive":
+                    seconds, naive, computed = run_naive(server.url, jobs, options)
+                else:
+                    labeller = Labeller(config)  # connects and probes the restarted server (not timed)
+                    backend = labeller.backend.backend
+                    before = backend.dialect.computed_tokens
+                    seconds, labels = run_rlaif(labeller, pairs)
+                    computed = backend.dialect.computed_tokens - before
+                times[way].append(seconds)
+                tokens_computed[way] = computed
+                print(f"{way}: {seconds:.1f}s, {len(pairs) / seconds:.3f} labels/s, {computed} prompt tokens "
+                      "computed (the rest came from the server's prompt cache)", flush=True)
     finally:
         server.stop()
+    naive_s, rlaif_s = statistics.median(times["naive"]), statistics.median(times["rlaif"])
 
     ours = [labels[i].by_principle_orders[pid][int(swapped)] for i, pid, swapped, _ in jobs]
     scored = [(a, b) for a, b in zip(ours, naive) if b is not None]
@@ -168,12 +183,15 @@ def main() -> None:
     max_dq = max((abs(a - b) for a, b in scored), default=float("nan"))
     ratio = naive_s / rlaif_s
     result = {"pairs": len(pairs), "k": args.k, "template": args.template, "prompts": len(jobs),
-              "prompt_tokens": tokens, "naive_s": round(naive_s, 2), "rlaif_s": round(rlaif_s, 2),
+              "prompt_tokens": tokens, "naive_tokens_computed": tokens_computed.get("naive"),
+              "rlaif_tokens_computed": tokens_computed.get("rlaif"), "naive_s": round(naive_s, 2), "rlaif_s": round(rlaif_s, 2),
               "naive_labels_per_s": round(len(pairs) / naive_s, 4), "rlaif_labels_per_s": round(len(pairs) / rlaif_s, 4),
-              "speedup": round(ratio, 2), "goal": GOAL, "max_abs_dq_scored": round(max_dq, 6),
+              "speedup": round(ratio, 2), "goal": GOAL, "repeats": args.repeats,
+              "naive_runs_s": [round(t, 2) for t in times["naive"]], "rlaif_runs_s": [round(t, 2) for t in times["rlaif"]], "max_abs_dq_scored": round(max_dq, 6),
               "naive_unscored_prompts": unscored, "concurrency": backend.pool.endpoints[0].concurrency, "slots": args.slots,
               "threads": args.threads, "scoring": backend.scoring}
-    print(f"speed-up {ratio:.2f}x (goal {GOAL}x); max |dq| {max_dq:.2e} on the {len(scored)} prompts the naive "
+    print(f"median of {args.repeats}: naive {naive_s:.1f}s, rlaif {rlaif_s:.1f}s; "
+          f"speed-up {ratio:.2f}x (goal {GOAL}x); max |dq| {max_dq:.2e} on the {len(scored)} prompts the naive "
           f"client scored; {unscored} of {len(jobs)} prompts it could not score (an option outside its top 20).")
     print(json.dumps(result))
 

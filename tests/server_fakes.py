@@ -237,3 +237,42 @@ class FakeSGLang:
         else:
             meta.pop("output_token_ids_logprobs")
         return answer
+
+
+class FakeLlamaCpp:
+    """llama-server's native endpoints (shapes recorded from llama-server 0.3.36). `max_n_probs`: a cap on
+    the list (real servers list up to the vocabulary); `extra_bos`: evaluate one token more than sent."""
+
+    def __init__(self, tokenizer, max_n_probs: int | None = None, extra_bos: bool = False):
+        self.tokenizer = tokenizer
+        self.model = FakeModel(len(tokenizer))
+        self.max_n_probs, self.extra_bos = max_n_probs, extra_bos
+        self.server = FakeServer(self.route)
+
+    def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if (method, path) == ("GET", "/v1/models"):
+            models = fixture("llamacpp_models.json")
+            models["data"][0]["meta"]["n_vocab"] = self.model.vocab
+            return 200, models
+        if (method, path) == ("GET", "/props"):
+            return 200, {**fixture("llamacpp_props.json"), "bos_token": "", "eos_token": "<eos>"}
+        if (method, path) == ("POST", "/tokenize"):
+            return 200, {"tokens": self.tokenizer.encode(body["content"], add_special_tokens=body.get("add_special", False))}
+        if (method, path) == ("POST", "/detokenize"):
+            return 200, {"content": self.tokenizer.decode(body["tokens"])}
+        if (method, path) == ("POST", "/completion"):
+            return 200, self.complete(body)
+        return not_found(path)
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = list(body["prompt"])
+        lp = self.model.logprobs(ids)
+        ranked = sorted(range(len(lp)), key=lp.__getitem__, reverse=True)
+        k = min(body.get("n_probs", 0), self.max_n_probs or len(lp))
+        answer = fixture("llamacpp_completion.json")
+        entry = answer["completion_probabilities"][0]
+        entry.update(id=ranked[0], token=self.tokenizer.decode([ranked[0]]), logprob=lp[ranked[0]])
+        entry["top_logprobs"] = [{"id": t, "token": self.tokenizer.decode([t]), "bytes": [], "logprob": lp[t]}
+                                 for t in ranked[:k]]
+        answer["tokens_evaluated"] = len(ids) + int(self.extra_bos)
+        return answer

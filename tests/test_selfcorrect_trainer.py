@@ -226,6 +226,7 @@ def test_train_self_correct_runs_both_stages_with_lora(problems, tiny_model_dir,
     assert (out / "policy-adapter" / "adapter_config.json").exists()
     card = (out / "policy" / "README.md").read_text()
     assert "Stage I (1 steps)" in card and "Stage II (2 steps)" in card and "GSM8K exact match" in card
+    assert f'"{INSTRUCTION}"' in card
     assert (out / "score_curve.png").stat().st_size > 0
     assert not (out / "checkpoints").exists()
     again = CliRunner().invoke(cli, args)
@@ -261,6 +262,8 @@ def test_a_run_interrupted_in_stage_one_resumes_into_stage_two(problems, tiny_mo
     rows = list(read_jsonl(tmp_path / "run" / "score_log.jsonl"))
     assert [(r["step"], r["stage"]) for r in rows] == [(1, 1), (2, 2)]
     assert result["resumed_from"] == [1]
+    base, trained = (AutoModelForCausalLM.from_pretrained(p) for p in (tiny_model_dir, tmp_path / "run" / "policy"))
+    assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), trained.parameters()))  # it learned
 
 
 def test_d_rlaif_scores_each_attempt_against_the_original_prompt(problems, tiny_model_dir, tmp_path, monkeypatch):

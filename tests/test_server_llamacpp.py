@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 TOL_LOGPROB = 0.4  # |log P_server(option) - log P_hf(option)|, measured max 0.26
 TOL_Q = 0.1  # |q_server - q_hf|, measured max 0.062
+SERVER_NOISE = 0.2  # the same log-prob from llama-server in two batch shapes, measured up to 0.106
 HH = Path("/work/shared/data/human_prefs/hh_rlhf_harmless_base.dev.jsonl")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
 
@@ -125,8 +126,11 @@ def test_drlaif_ten_is_read_exactly_through_its_tokens(server_backend, hf_backen
             steps = [server_backend.token_logprobs([TokenRequest(ids + tuple(ten[:j]), ((len(ids) + j - 1, ten[j]),))])[0][0]
                      for j in range(len(ten))]
             paths.append(math.exp(sum(steps)))
-        # the option sums its spellings; llama.cpp's numbers move with batch shape and prompt-cache reuse, hence a tolerance
-        assert s.logprobs["10"] == pytest.approx(math.log(sum(paths)), abs=0.1)  # measured up to 0.055
+        # The option sums its spellings. llama.cpp's CPU numbers for a position depend on the batch it is computed
+        # in (measured: the last token of a 166-token prompt computed in one batch vs re-evaluated alone from the
+        # prompt cache differ by 0.06 nats), and these steps run as separate requests after the engine's: measured
+        # differences up to 0.106 over three tokens, hence the bound.
+        assert s.logprobs["10"] == pytest.approx(math.log(sum(paths)), abs=SERVER_NOISE)
 
 
 def test_generation_is_seeded_and_reproducible(llama_server, server_backend):

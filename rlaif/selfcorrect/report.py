@@ -105,8 +105,8 @@ SCoRe's two-attempt rollout; Kumar et al. 2024, arXiv 2409.12917) with {tuning},
   attempt and {config.beta1} on the second.
 - Stage II ({config.stage2_steps} steps): r(y1) on the first attempt, r(y2) + {config.alpha}·(r(y2) − r(y1)) on the
   second, KL weight {config.beta1} on both. Leave-one-out baseline over {config.num_generations} rollouts per problem.
-- The second attempt reads the problem, the first attempt and the self-correction instruction
-  (`{config.instruction}`).
+- The second attempt reads the problem, the first attempt and the self-correction instruction:
+  "{config.instructions()[0]}"
 
 ## Run
 | figure | value |

@@ -15,7 +15,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rlaif.backends.server.backend import ServerBackend
 from rlaif.backends.server.client import Endpoint, ServerDown, ServerPool, ServerRefused

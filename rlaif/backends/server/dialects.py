@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -99,6 +100,13 @@ class Dialect:
     def __init__(self, top_logprobs: int = 20):
         self.top_logprobs = top_logprobs
         self.info: ServerInfo | None = None
+        self.computed_tokens = 0  # prompt tokens the servers say they computed for scoring (where they say)
+        self._count_lock = threading.Lock()
+
+    def count_computed(self, tokens: Any) -> None:
+        if isinstance(tokens, int) and tokens >= 0:
+            with self._count_lock:
+                self.computed_tokens += tokens
 
     def describe(self, endpoint: Endpoint, model_name: str | None) -> ServerInfo:
         raise NotImplementedError

@@ -59,7 +59,7 @@ class LlamaCppDialect(Dialect):
     def _score_body(self, ids: Sequence[int], k: int) -> dict[str, Any]:
         return {"prompt": list(ids), "n_predict": 1, "n_probs": k, "post_sampling_probs": False,
                 "temperature": 0.0, "cache_prompt": True,
-                "response_fields": ["completion_probabilities", "tokens_evaluated"]}
+                "response_fields": ["completion_probabilities", "tokens_evaluated", "timings/prompt_n"]}
 
     def _top(self, endpoint: Endpoint, ids: Sequence[int], k: int) -> dict[int, float]:
         try:
@@ -72,6 +72,7 @@ class LlamaCppDialect(Dialect):
         except (KeyError, IndexError, TypeError, ValueError):
             raise RlaifError(f"{endpoint.url}/completion did not return token ids with log-probs (`n_probs`); "
                              f"{self.upgrade_hint()}") from None
+        self.count_computed(body.get("timings/prompt_n"))  # what the prompt cache did not cover
         evaluated = body.get("tokens_evaluated")
         if evaluated is not None and int(evaluated) != len(ids):
             raise RlaifError(f"{endpoint.url} evaluated {evaluated} tokens for a prompt of {len(ids)} token ids "
