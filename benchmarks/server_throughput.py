@@ -9,18 +9,24 @@ and both orders, two ways:
          /v1/completions with `logprobs: 20` and `max_tokens: 1`, the options
          found by token string in the top 20 (as alpaca_eval's logprob
          annotators parse `top_logprobs`): q = P(A) / (P(A) + P(B)); a prompt
-         where an option is not in the top 20 cannot be scored exactly;
+         where an option is not in the top 20 cannot be scored exactly. The
+         prompts go in the grouped order (pair, principle, order): the best
+         case for it, as llama-server's default prompt cache then reuses each
+         prompt's shared prefix with the one before;
+  naive-2pass  the same client with the position swap as a second pass over
+         the data (every pair in the A/B order, then every pair swapped), as a
+         single-order annotator is usually extended to average both orders;
   rlaif  rlaif.label.Labeller with LabelConfig(model=URL): prompts as token ids,
          one request per distinct prefix, requests that share a prefix one after
          another on a warm slot, several conversations in flight, exact log-probs
-         for any option (the top k widened when needed).
+         for any option (the top k widened when needed), whatever the input order.
 
-The server is restarted before each run of a way, so neither finds the other's
-prompts cached; with --repeats N the ways alternate (naive first, then rlaif
-first, ...) and the medians are compared, as a shared machine's speed drifts. It
-prints labels/s of each and the ratio (goal >= 1.5x), max |q_rlaif - q_naive|
-over the prompts the naive client could score, and how many prompts it could
-not. A JSON line ends the output. Run it alone (flock /tmp/rlaif-heavy.lock):
+The server is restarted before each run of a way, so none finds another's
+prompts cached; with --repeats N the order of the ways rotates and the medians
+are compared, as a shared machine's speed drifts. It prints labels/s of each,
+the ratios (goal >= 1.5x), the prompt tokens the server computed (the rest came
+from its prompt cache), max |q_rlaif - q_naive| over the prompts the naive
+client could score, and how many prompts it could not. A JSON line ends the output. Run it alone (flock /tmp/rlaif-heavy.lock):
 
     PYTHONPATH=. python benchmarks/server_throughput.py --pairs 16 --k 4
     PYTHONPATH=. python benchmarks/server_throughput.py --url http://127.0.0.1:8080/v1   # a server you run
@@ -156,13 +162,22 @@ def main() -> None:
         print(f"{len(pairs)} pairs x {args.k} principles x 2 orders = {len(jobs)} prompts, {tokens} prompt tokens; "
               f"server {server.url} ({backend.model_id}; {backend.scoring})", flush=True)
 
-        times: dict[str, list[float]] = {"naive": [], "rlaif": []}
+        ways = ("naive", "naive-2pass", "rlaif")
+        two_pass = sorted(range(len(jobs)), key=lambda j: (jobs[j][2], j))  # unswapped first, then swapped
+        times: dict[str, list[float]] = {way: [] for way in ways}
         tokens_computed: dict[str, int] = {}
+        naive: list[float | None] = []
         for repeat in range(args.repeats):
-            for way in ("naive", "rlaif") if repeat % 2 == 0 else ("rlaif", "naive"):
+            for way in ways[repeat % 3:] + ways[:repeat % 3]:
                 server.fresh()
                 if way == "naive":
                     seconds, naive, computed = run_naive(server.url, jobs, options)
+                elif way == "naive-2pass":
+                    seconds, values, computed = run_naive(server.url, [jobs[j] for j in two_pass], options)
+                    in_order = [None] * len(jobs)
+                    for j, value in zip(two_pass, values):
+                        in_order[j] = value
+                    naive_2pass = in_order
                 else:
                     labeller = Labeller(config)  # connects and probes the restarted server (not timed)
                     backend = labeller.backend.backend
@@ -172,27 +187,32 @@ def main() -> None:
                 times[way].append(seconds)
                 tokens_computed[way] = computed
                 print(f"{way}: {seconds:.1f}s, {len(pairs) / seconds:.3f} labels/s, {computed} prompt tokens "
-                      "computed (the rest came from the server's prompt cache)", flush=True)
+                      "computed", flush=True)
     finally:
         server.stop()
-    naive_s, rlaif_s = statistics.median(times["naive"]), statistics.median(times["rlaif"])
+    median = {way: statistics.median(t) for way, t in times.items()}
 
     ours = [labels[i].by_principle_orders[pid][int(swapped)] for i, pid, swapped, _ in jobs]
     scored = [(a, b) for a, b in zip(ours, naive) if b is not None]
     unscored = len(jobs) - len(scored)
     max_dq = max((abs(a - b) for a, b in scored), default=float("nan"))
-    ratio = naive_s / rlaif_s
+    max_dq_2pass = max((abs(a - b) for a, b in zip(naive, naive_2pass) if a is not None and b is not None),
+                       default=float("nan"))
+    ratios = {way: median[way] / median["rlaif"] for way in ("naive", "naive-2pass")}
     result = {"pairs": len(pairs), "k": args.k, "template": args.template, "prompts": len(jobs),
-              "prompt_tokens": tokens, "naive_tokens_computed": tokens_computed.get("naive"),
-              "rlaif_tokens_computed": tokens_computed.get("rlaif"), "naive_s": round(naive_s, 2), "rlaif_s": round(rlaif_s, 2),
-              "naive_labels_per_s": round(len(pairs) / naive_s, 4), "rlaif_labels_per_s": round(len(pairs) / rlaif_s, 4),
-              "speedup": round(ratio, 2), "goal": GOAL, "repeats": args.repeats,
-              "naive_runs_s": [round(t, 2) for t in times["naive"]], "rlaif_runs_s": [round(t, 2) for t in times["rlaif"]], "max_abs_dq_scored": round(max_dq, 6),
-              "naive_unscored_prompts": unscored, "concurrency": backend.pool.endpoints[0].concurrency, "slots": args.slots,
-              "threads": args.threads, "scoring": backend.scoring}
-    print(f"median of {args.repeats}: naive {naive_s:.1f}s, rlaif {rlaif_s:.1f}s; "
-          f"speed-up {ratio:.2f}x (goal {GOAL}x); max |dq| {max_dq:.2e} on the {len(scored)} prompts the naive "
-          f"client scored; {unscored} of {len(jobs)} prompts it could not score (an option outside its top 20).")
+              "prompt_tokens": tokens, "tokens_computed": tokens_computed, "repeats": args.repeats,
+              "runs_s": {way: [round(t, 2) for t in ts] for way, ts in times.items()},
+              "median_s": {way: round(t, 2) for way, t in median.items()},
+              "labels_per_s": {way: round(len(pairs) / t, 4) for way, t in median.items()},
+              "speedup_vs_naive": round(ratios["naive"], 2), "speedup_vs_naive_2pass": round(ratios["naive-2pass"], 2),
+              "goal": GOAL, "max_abs_dq_scored": round(max_dq, 6), "max_abs_dq_naive_orders": round(max_dq_2pass, 6),
+              "naive_unscored_prompts": unscored, "concurrency": backend.pool.endpoints[0].concurrency,
+              "slots": args.slots, "threads": args.threads, "scoring": backend.scoring}
+    print(f"median of {args.repeats}: " + ", ".join(f"{way} {t:.1f}s" for way, t in median.items())
+          + f"; rlaif's speed-up {ratios['naive']:.2f}x over naive, {ratios['naive-2pass']:.2f}x over naive-2pass "
+          f"(goal {GOAL}x); max |dq| {max_dq:.2e} on the {len(scored)} prompts the naive client scored "
+          f"(the naive client against itself in its two orders: {max_dq_2pass:.2e}); {unscored} of {len(jobs)} "
+          "prompts it could not score (an option outside its top 20).")
     print(json.dumps(result))
 
 

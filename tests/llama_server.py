@@ -52,14 +52,14 @@ class LlamaServer:
     """One llama-server process on 127.0.0.1: `url` is http://127.0.0.1:PORT/v1."""
 
     def __init__(self, binary: Path, gguf: Path, log_path: Path, port: int | None = None, ctx: int = 8192,
-                 threads: int = 2, slots: int = 4):
+                 threads: int = 2, slots: int = 4, extra: tuple[str, ...] = ()):
         self.binary, self.gguf, self.log_path = binary, gguf, log_path
         self.port = port or free_port()
         # --swa-full: Gemma 3 uses sliding-window attention; without a full-size cache a slot cannot
         # reuse a cached prefix and every request recomputes its prompt. --kv-unified: the slots share one
         # cache of `ctx` tokens, so each request may use all of it (split, each slot would get ctx / slots).
         self.args = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx),
-                     "--threads", str(threads), "-np", str(slots), "--kv-unified", "--swa-full", "--no-webui"]
+                     "--threads", str(threads), "-np", str(slots), "--kv-unified", "--swa-full", "--no-webui", *extra]
         self.process: subprocess.Popen | None = None
 
     @property
@@ -82,6 +82,14 @@ class LlamaServer:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"llama-server did not become healthy within {timeout:.0f}s; see {self.log_path}")
+
+    def metric(self, name: str) -> float:
+        """One value of /metrics (started with `extra=("--metrics",)`), e.g. "requests_processing"."""
+        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(f"llamacpp:{name} "):
+                return float(line.split()[1])
+        raise KeyError(f"llamacpp:{name} is not in /metrics")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
