@@ -227,6 +227,8 @@ def with_ids(records: Iterable[dict[str, Any]], fields: Sequence[str]) -> list[d
         row = dict(record)
         for name in fields:
             row[name] = as_text(record[name], f"record {number}: field {name!r}")
+            if not row[name].strip():
+                raise RlaifError(f"Record {number}: field {name!r} is empty; remove the record or fill it in.")
         made = record.get("id") in (None, "")
         row["id"] = content_id(*(row[f] for f in fields)) if made else str(record["id"])
         if row["id"] in seen:

@@ -297,8 +297,6 @@ def test_every_stage_function_names_a_missing_field_and_a_repeat(call, tmp_path)
     assert not (tmp_path / "out.jsonl").exists()  # refused before any model loads or any file is written
 
 
-@pytest.mark.xfail(strict=True, reason="io.with_ids does not refuse empty text yet, while read_records (the CLI) "
-                                       "does; remove this mark when it does")
 @pytest.mark.parametrize("call", ["label", "score"])
 def test_every_stage_function_refuses_empty_text_like_the_cli(call, tiny_model_dir, tmp_path):
     function, config, record = {

@@ -449,6 +449,28 @@ def test_train_rm_killed_during_a_checkpoint_save_resumes_with_whole_run_metrics
     assert losses == pytest.approx([row["loss"] for row in full["log_history"] if "loss" in row], abs=1e-5)
 
 
+def test_train_rm_resume_with_other_settings_is_refused_naming_them(rm_setup, tmp_path):
+    args, _ = rm_setup
+    out = tmp_path / "rm"
+    short = [*args, "--out", str(out), "--max-steps", "2"]  # the later --max-steps wins
+    assert CliRunner().invoke(cli, short).exit_code == 0
+    assert (out / "checkpoint-2").is_dir()
+    refused = CliRunner().invoke(cli, [*short, "--resume", "--learning-rate", "0.02"])
+    assert refused.exit_code == 1
+    error = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "learning_rate: 0.01 then, 0.02 now" in error[0] and "--overwrite" in error[0]
+    assert (out / "checkpoint-2" / "trainer_state.json").exists()  # nothing lost
+    labels = Path(args[args.index("--labels") + 1])
+    changed = tmp_path / "labels.jsonl"
+    changed.write_text(labels.read_text().replace('"p_a": 0.9', '"p_a": 0.1'))
+    other_data = CliRunner().invoke(cli, [*short, "--resume", "--labels", str(changed)])
+    assert other_data.exit_code == 1 and "labels_sha256" in other_data.output
+    moved = tmp_path / "same.jsonl"
+    moved.write_text(labels.read_text())
+    again = CliRunner().invoke(cli, [*short, "--resume", "--labels", str(moved), "--logging-steps", "2"])
+    assert again.exit_code == 0, again.output  # the same data elsewhere, another log interval: a resume
+
+
 # -- messages -------------------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ Face model directory with README.md (model card) and metrics.json.
 A run holds `OUT.lock` (beside OUT) while it writes OUT. `--resume` continues
 from the newest complete checkpoint (rlaif/rm/checkpoints.py: one a kill cut
 short is deleted) and metrics.json reports the whole run (loss over every
-step, every step's tokens), not only the resumed steps.
+step, every step's tokens), not only the resumed steps. The settings that shape the
+weights (and the labels file's digest) are kept in `OUT/train_settings.json`; a
+`--resume` with other settings is refused, naming what differs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from rlaif.runs import output_lock, refuse_input_as_output
 from rlaif.rm.loss import soft_label_loss  # noqa: F401 (part of the API)
 
 DEFAULT_BASE_MODEL = "minilm"
+SETTINGS_FILE = "train_settings.json"
+# Settings a resumed run may change: they do not shape the trained weights.
+RESUME_FREE = frozenset({"out", "labels", "resume", "eval_only", "eval_human", "logging_steps", "save_steps",
+                         "gradient_checkpointing"})
 logger = logging.getLogger(__name__)
 
 
@@ -156,6 +162,7 @@ def _train_and_judge(config: TrainRMConfig, checkpoint: Path | None, resume_note
     pairs, n_low = filter_confident(data, config.min_confidence)
     train_pairs, eval_pairs = split_pairs(pairs, config.eval_split, config.seed)
     base = config.base_model or DEFAULT_BASE_MODEL
+    _check_settings(Path(config.out), _training_settings(config, data), checkpoint)
     model, tokenizer, notes = load_model_and_tokenizer(base, training=True, seed=config.seed)
     max_length, more = fit_max_length(config.max_length, model, tokenizer)
     train_set, n_cut = _tokenized(tokenizer, train_pairs, max_length)
@@ -187,6 +194,32 @@ def _train_and_judge(config: TrainRMConfig, checkpoint: Path | None, resume_note
     write_json(Path(config.out) / "metrics.json", metrics)
     write_model_card(config.out, metrics)
     return metrics
+
+
+def _training_settings(config: TrainRMConfig, data: PreferenceData) -> dict[str, Any]:
+    values = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in RESUME_FREE}, default=str))
+    return {**values, "labels_sha256": data.sha256}
+
+
+def _check_settings(out: Path, settings: dict[str, Any], checkpoint: Path | None) -> None:
+    """A fresh run records its settings in OUT; a resumed one must match them (a refusal names what differs)."""
+    path = out / SETTINGS_FILE
+    if checkpoint is None:
+        write_json(path, settings)
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning("%s has no readable %s (an older rlaif wrote it): resuming without checking its settings.",
+                       out, SETTINGS_FILE)
+        write_json(path, settings)
+        return
+    differ = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise RlaifError(f"--resume: {checkpoint} was trained with other settings ({detail}{more}); rerun with "
+                         "those, or pass --overwrite to start again.")
 
 
 def evaluate_saved_model(config: TrainRMConfig) -> dict[str, Any]:
