@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "examples" / "prompts_ppo.jsonl"
 GOAL_LORA_GB = 6.0
+DEFAULT_MICRO = "rlaif's default"
 REWARD = "rl_memory:words_reward"  # imported by name, as `--reward-fn` would (benchmarks/ is on the path)
 
 
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=32, help="completion / response tokens")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--ppo-epochs", type=int, default=4)
-    parser.add_argument("--micro-batch-size", type=int, default=None, help="PPO: prompts per forward/backward pass")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="PPO: prompts per forward/backward pass (default: rlaif's, 2 for an even batch; the batch size for the whole batch)")
     parser.add_argument("--ways", default="grpo-full,grpo-lora,ppo-full,ppo-lora")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -147,7 +148,7 @@ def main() -> None:
                 "again in a venv with the ppo extra (pip install -e '.[dev,ppo]') to measure PPO.")
     print(f"{args.steps} steps, {args.prompts_per_step} prompts x {args.num_generations} completions of "
           f"<= {args.length} tokens per step (PPO: a batch of {args.prompts_per_step * args.num_generations} prompts, "
-          f"{args.ppo_epochs} epochs, micro-batch {args.micro_batch_size or 'whole batch'}), LoRA r={args.lora_r}")
+          f"{args.ppo_epochs} epochs, micro-batch {args.micro_batch_size or DEFAULT_MICRO}), LoRA r={args.lora_r}")
     results = []
     for way in ways:
         results.append(run_in_subprocess(way, args))

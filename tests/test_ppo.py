@@ -121,7 +121,7 @@ def test_ppo_rewards_equal_scorer_on_decoded_texts_and_policy_changes(
 
     calls = []
     monkeypatch.setattr(ppo_trainer, "get_reward", spy)
-    with caplog.at_level(logging.WARNING, logger="rlaif.rl.ppo"):
+    with caplog.at_level(logging.INFO, logger="rlaif.rl.ppo"):
         result = run_ppo(config(prompts_file, policy_dir, tmp_path), reward_fn=reward_fn)
     assert "no chat template" in caplog.text
 

@@ -114,7 +114,7 @@ def build_prompt_dataset(prompts: list[str], tokenizer: Any, prompt_format: str,
 
     fmt = resolve_prompt_format(tokenizer, prompt_format)
     if fmt == "plain" and prompt_format == "auto":
-        logger.warning("The policy tokenizer has no chat template: prompts are fed as 'Human: ... Assistant:' text.")
+        logger.info("The policy tokenizer has no chat template (a base model): prompts are fed as 'Human: ... Assistant:' text.")
     rows = [(to_messages(p) if fmt == "chat" else render_prompt(tokenizer, p, "plain"), p) for p in prompts]
     lengths = [prompt_token_count(tokenizer, shown) for shown, _ in rows]
     kept = [(row, n) for row, n in zip(rows, lengths, strict=True) if n <= max_prompt_length]
