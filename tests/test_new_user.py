@@ -127,8 +127,10 @@ def test_ctrl_c_names_the_resume_command_and_marks_the_run_interrupted(tiny_mode
     out = tmp_path / "labels.jsonl"
     args = ["label", "--input", source, "--out", str(out), "--model", tiny_model_dir, "--principles", "all",
             "--chunk-pairs", "2", "--no-cache"]
+    # Ctrl-C's default action even when this test runs under a shell that ignores SIGINT (a background job),
+    # since a child inherits an ignored SIGINT and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(python_rlaif(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=fresh_env())
+                            env=fresh_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and (not out.exists() or len(out.read_text().splitlines()) < 4):
         time.sleep(0.05)

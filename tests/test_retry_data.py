@@ -14,7 +14,7 @@ from rlaif.io import read_jsonl
 from rlaif.selfcorrect.gsm8k import read_question_answers
 from rlaif.selfcorrect.retry import RetryConfig, insert_retries, retry_record, split_solution, write_retry_data
 
-GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+GSM8K_TRAIN = Path(__file__).resolve().parents[1] / "examples" / "data" / "gsm8k_train.jsonl"  # the first 1,000 of train
 JULIE = {
     "id": "julie",
     "question": "Julie is reading a 120-page book. Yesterday, she was able to read 12 pages and today, she read twice "
@@ -83,7 +83,7 @@ def test_p_sets_the_rate_and_the_edges_hold():
     for i in (0, 2, 4):  # each mistake is a step that comes later than the step it stands before
         steps = [S1, S2, S3, S4]
         assert steps.index(every[i][: -len(" [BACK]")]) > steps.index(every[i + 1])
-    records = read_question_answers(str(GSM8K_TRAIN), limit=2000)
+    records = read_question_answers(str(GSM8K_TRAIN))
     config = RetryConfig(p=0.5, seed=0)
     made = sum(retry_record(r, config)["retries"] for r in records)
     eligible = sum(max(len(split_solution(r["answer"])[0]) - 1, 0) for r in records)  # the last step has no later step

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from rlaif.cli import cli
 from rlaif.io import read_jsonl
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"  # GSM8K samples (MIT)
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_default_model_trains_both_stages_and_is_evaluated(tmp_path, monkeypatch
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     out = tmp_path / "score"
     train = CliRunner().invoke(cli, [
-        "train-self-correct", "--problems", str(GSM8K / "train.jsonl"), "--limit", "4", "--policy", "default",
+        "train-self-correct", "--problems", str(EXAMPLES / "gsm8k_train.jsonl"), "--limit", "4", "--policy", "default",
         "--output-dir", str(out), "--stage1-steps", "1", "--stage2-steps", "1", "--prompts-per-step", "1",
         "--num-generations", "2", "--completion-length", "24", "--lora-r", "4", "--learning-rate", "1e-4"])
     assert train.exit_code == 0, train.output
@@ -34,7 +34,7 @@ def test_default_model_trains_both_stages_and_is_evaluated(tmp_path, monkeypatch
     assert [(r["step"], r["stage"]) for r in rows] == [(1, 1), (2, 2)]
     assert all(r["reward_attempt1"] in (0.0, 0.5, 1.0) and r["reward_attempt2"] in (0.0, 0.5, 1.0) for r in rows)
     evaluated = CliRunner().invoke(cli, ["self-correct", "--model", str(out / "policy"), "--problems",
-                                         str(GSM8K / "test.dev.jsonl"), "--limit", "2", "--out", str(tmp_path / "eval"),
+                                         str(EXAMPLES / "gsm8k_test.jsonl"), "--limit", "2", "--out", str(tmp_path / "eval"),
                                          "--max-new-tokens", "24", "--n-boot", "100"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
