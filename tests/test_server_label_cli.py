@@ -17,17 +17,14 @@ from llama_server import LlamaServer, llama_binary, llama_gguf  # noqa: F401 (fi
 
 pytestmark = pytest.mark.slow
 
-HH = Path("/work/shared/data/human_prefs/hh_rlhf_harmless_base.dev.jsonl")
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
+# the first 300 pairs of the hh-rlhf harmless-base dev split (MIT), shipped with the examples
+HH = Path(__file__).resolve().parents[1] / "examples" / "data" / "hh_rlhf_harmless.jsonl"
 
 
 def write_pairs(path: Path, n: int) -> list[str]:
-    if HH.exists():
-        rows = [json.loads(line) for line in HH.read_text(encoding="utf-8").splitlines()[:n]]
-        pairs = [{"id": r["id"], "prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]}
-                 for r in rows]
-    else:
-        pairs = [json.loads(line) for line in EXAMPLES.read_text(encoding="utf-8").splitlines()[:n]]
+    rows = [json.loads(line) for line in HH.read_text(encoding="utf-8").splitlines()[:n]]
+    pairs = [{"id": r["id"], "prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]}
+             for r in rows]
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     return [p["id"] for p in pairs]
 

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.slow
 TOL_LOGPROB = 0.4  # |log P_server(option) - log P_hf(option)|, measured max 0.26
 TOL_Q = 0.1  # |q_server - q_hf|, measured max 0.062
 SERVER_NOISE = 0.2  # the same log-prob from llama-server in two batch shapes, measured up to 0.106
-HH = Path("/work/shared/data/human_prefs/hh_rlhf_harmless_base.dev.jsonl")
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
+# the first 300 pairs of the hh-rlhf harmless-base dev split (MIT), shipped with the examples
+HH = Path(__file__).resolve().parents[1] / "examples" / "data" / "hh_rlhf_harmless.jsonl"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,12 +62,9 @@ def hf_backend():
 
 
 def pairs(n: int) -> list[dict[str, str]]:
-    source = HH if HH.exists() else EXAMPLES
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
-    if source == HH:
-        return [{"id": r["id"], "prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]}
-                for r in rows]
-    return rows
+    rows = [json.loads(line) for line in HH.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
+    return [{"id": r["id"], "prompt": r["prompt"], "response_a": r["chosen"], "response_b": r["rejected"]}
+            for r in rows]
 
 
 def label_prompts(backend, n_pairs: int, k: int) -> tuple[list[str], dict[str, list[str]]]:
