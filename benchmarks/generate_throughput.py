@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import statistics
 import time
 from pathlib import Path
-from queue import Empty
+
+from children import in_child, run_ways  # benchmarks/children.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "examples" / "prompts.jsonl"
@@ -187,11 +187,6 @@ def run_way(way: str, args: argparse.Namespace, queue) -> None:
     })
 
 
-def in_child(context, function, *args):
-    """`function(*args)` in a fresh process (its memory stays out of the ways' peak RSS)."""
-    with context.Pool(1) as pool:
-        return pool.apply(function, args)
-
 
 def default_threads() -> int:
     from rlaif.backends.hf import default_threads as threads  # noqa: PLC0415
@@ -261,24 +256,9 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads stall on shared cores
     print(f"generate throughput: {args.n_prompts} prompts x {args.n} samples x {args.max_new_tokens} new tokens, model "
           f"{args.model}, cpus {os.cpu_count()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load {os.getloadavg()}")
-    context = mp.get_context("spawn")
-    results: dict[str, dict] = {}
-    bandwidth = in_child(context, memory_bandwidth, args.threads or default_threads())
-    for way in ways:
-        queue = context.Queue()
-        child = context.Process(target=run_way, args=(way, args, queue))
-        child.start()
-        while way not in results:
-            try:
-                results[way] = queue.get(timeout=5)
-            except Empty:
-                if not child.is_alive():
-                    raise SystemExit(f"The {way} run failed (exit code {child.exitcode}); see its error above.") from None
-        child.join()
-        r = results[way]
-        print(f"  {way}: {r['seconds']:.1f} s, {r['threads']} threads, load {r['load_before']:.2f} -> "
-              f"{r['load_after']:.2f}", flush=True)
-    for kind, values in in_child(context, memory_bandwidth, args.threads or default_threads()).items():
+    bandwidth = in_child(memory_bandwidth, args.threads or default_threads())
+    results = run_ways(ways, run_way, args)
+    for kind, values in in_child(memory_bandwidth, args.threads or default_threads()).items():
         bandwidth[kind] += values
     summary = report(results, bandwidth, args)
     if args.json:

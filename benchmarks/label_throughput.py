@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import statistics
 import time
 from pathlib import Path
-from queue import Empty
+
+from children import run_ways  # benchmarks/children.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "human_prefs" / "hh_rlhf_harmless_base.dev.jsonl"
@@ -115,8 +115,7 @@ def run_plain(model, tokenizer, prompts, jobs, options, args) -> tuple[list[floa
 def run_engine(backend, pairs, jobs, principle_ids, template: str) -> tuple[list[float], dict]:
     from rlaif.label import LabelConfig, Labeller  # noqa: PLC0415
 
-    config = LabelConfig(principles="all", only=tuple(principle_ids), no_cache=True, batch_tokens=backend.batch_tokens,
-                         template=template)
+    config = LabelConfig(principles="all", only=tuple(principle_ids), no_cache=True, template=template)
     labels = Labeller(config, backend).label(pairs)
     out = [labels[index].by_principle_orders[pid][int(swapped)] for index, pid, swapped in jobs]
     stats = backend.stats
@@ -251,22 +250,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print(f"label throughput: {args.pairs} pairs x {args.k} principles x 2 orders, template {args.template}, model {args.model}, "
           f"cpus {os.cpu_count()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()}")
-    context = mp.get_context("spawn")
-    results = {}
-    for way in ways:
-        queue = context.Queue()
-        child = context.Process(target=run_way, args=(way, args, queue))
-        child.start()
-        while way not in results:
-            try:
-                results[way] = queue.get(timeout=5)
-            except Empty:
-                if not child.is_alive():
-                    raise SystemExit(f"The {way} run failed (exit code {child.exitcode}); see its error above.") from None
-        child.join()
-        r = results[way]
-        print(f"  {way}: {r['seconds']:.1f} s, {r['threads']} threads, load average {r['load_before']:.2f} -> "
-              f"{r['load_after']:.2f}", flush=True)
+    results = run_ways(ways, run_way, args)
     summary = report(results, args)
     print(f"load average at the end {os.getloadavg()} (other processes share these cores: timings are noisy)")
     print(json.dumps(summary))

@@ -7,6 +7,7 @@ keeps everything it finished; `done_ids` reads those back to resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         return _read_hf_dataset(path)
     suffix = path.suffix.lower()
-    try:
+    with _read_errors(path, suffix):
         if suffix in TABULAR:
             import pandas as pd  # noqa: PLC0415 (optional, heavy)
 
@@ -60,15 +61,6 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             if rows is not None:
                 return rows
         return list(read_jsonl(path))
-    except ImportError as err:
-        raise RlaifError(f"Reading {suffix} files needs pandas and pyarrow: pip install pandas pyarrow.") from err
-    except RlaifError:
-        raise
-    except UnicodeDecodeError as err:
-        raise (first_non_utf8_line(path) or RlaifError(f"{path} is not UTF-8 text; save it as UTF-8.")) from err
-    except (OSError, ValueError) as err:  # pandas' ParserError/EmptyDataError and pyarrow's errors are ValueErrors
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RlaifError(f"Cannot read {path} as {suffix.lstrip('.') or 'JSONL'}: {first}. Check the file.") from err
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]] | None:
@@ -352,7 +344,7 @@ def iter_rows(path: str | Path, batch_rows: int = 4096) -> Iterator[dict[str, An
         yield from _iter_hf_dataset(path, batch_rows)
         return
     suffix = path.suffix.lower()
-    try:
+    with _read_errors(path, suffix):
         if suffix == ".csv":
             import pandas as pd  # noqa: PLC0415 (optional, heavy)
 
@@ -367,6 +359,13 @@ def iter_rows(path: str | Path, batch_rows: int = 4096) -> Iterator[dict[str, An
             yield from read_rows(path)
         else:
             yield from read_jsonl(path)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, suffix: str) -> Iterator[None]:
+    """A reader's failures as one-line `RlaifError`s saying how to fix them."""
+    try:
+        yield
     except ImportError as err:
         raise RlaifError(f"Reading {suffix} files needs pandas and pyarrow: pip install pandas pyarrow.") from err
     except RlaifError:

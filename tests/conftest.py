@@ -73,6 +73,14 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, tiny_tokenizer) -> str:
+    """The tiny tokenizer saved alone: the model root the fake servers report."""
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
     return str(save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer))
 

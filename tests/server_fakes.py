@@ -1,4 +1,4 @@
-"""Fake vLLM and SGLang servers for the server back end's tests: http.server on 127.0.0.1, in a thread.
+"""Fake vLLM, SGLang and llama.cpp servers for the server back end's tests: http.server on 127.0.0.1, in a thread.
 
 Answers are the recorded response shapes in tests/data/server/*.json (built from
 the servers' own pydantic protocol models; each file names its source), filled
@@ -9,13 +9,14 @@ Every request body is recorded; `fail` queues HTTP statuses to answer first.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,19 @@ class FakeLlamaCpp:
                                  for t in ranked[:k]]
         answer["tokens_evaluated"] = len(ids) + int(self.extra_bos)
         return answer
+
+
+@contextlib.contextmanager
+def fake_servers(kind: type, *args: Any) -> Iterator[Callable[..., Any]]:
+    """`make(**kwargs)` starts a `kind(*args, **kwargs)` fake; every one made is closed at the end."""
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        made.append(kind(*args, **kwargs))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for fake in made:
+            fake.server.close()

@@ -7,20 +7,13 @@ import pytest
 
 from rlaif.backends import TokenRequest, load_backend
 from rlaif.errors import RlaifError
-from server_fakes import FakeLlamaCpp
+from server_fakes import FakeLlamaCpp, fake_servers
 
 
 @pytest.fixture
 def fakes(tiny_tokenizer):
-    made: list[FakeLlamaCpp] = []
-
-    def make(**kwargs) -> FakeLlamaCpp:
-        made.append(FakeLlamaCpp(tiny_tokenizer, **kwargs))
-        return made[-1]
-
-    yield make
-    for fake in made:
-        fake.server.close()
+    with fake_servers(FakeLlamaCpp, tiny_tokenizer) as make:
+        yield make
 
 
 def test_an_id_outside_the_top_k_widens_k_to_an_exact_answer(fakes, tiny_tokenizer):

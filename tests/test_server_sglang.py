@@ -14,27 +14,13 @@ import pytest
 from rlaif.backends import GenerationSettings, TokenRequest, load_backend
 from rlaif.backends.server.dialects import generation_seed
 from rlaif.errors import RlaifError
-from server_fakes import FakeSGLang
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, tiny_tokenizer) -> str:
-    path = tmp_path_factory.mktemp("tiny-tokenizer")
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
+from server_fakes import FakeSGLang, fake_servers
 
 
 @pytest.fixture
 def fakes(tiny_tokenizer, tokenizer_dir):
-    made: list[FakeSGLang] = []
-
-    def make(**kwargs) -> FakeSGLang:
-        made.append(FakeSGLang(tiny_tokenizer, tokenizer_dir, **kwargs))
-        return made[-1]
-
-    yield make
-    for fake in made:
-        fake.server.close()
+    with fake_servers(FakeSGLang, tiny_tokenizer, tokenizer_dir) as make:
+        yield make
 
 
 def test_detected_from_owned_by_and_scored_by_token_ids_logprob(fakes, tiny_tokenizer):

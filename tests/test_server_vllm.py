@@ -19,28 +19,14 @@ from rlaif.backends import GenerationSettings, TokenRequest, load_backend
 from rlaif.backends.server.dialects import generation_seed
 from rlaif.backends.server.tokenizer import ServerTokenizer
 from rlaif.errors import RlaifError
-from server_fakes import FakeModel, FakeVLLM
+from server_fakes import FakeModel, FakeVLLM, fake_servers
 from conftest import make_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, tiny_tokenizer) -> str:
-    path = tmp_path_factory.mktemp("tiny-tokenizer")
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture
 def fakes(tiny_tokenizer, tokenizer_dir):
-    made: list[FakeVLLM] = []
-
-    def make(**kwargs) -> FakeVLLM:
-        made.append(FakeVLLM(tiny_tokenizer, tokenizer_dir, **kwargs))
-        return made[-1]
-
-    yield make
-    for fake in made:
-        fake.server.close()
+    with fake_servers(FakeVLLM, tiny_tokenizer, tokenizer_dir) as make:
+        yield make
 
 
 def load(fake: FakeVLLM, *options: str, tokenizer: str = "auto"):
